@@ -1,0 +1,156 @@
+"""The four classes: names, colours, indices, and mask RGB <-> index conversion.
+
+This is the only module that knows the palette. Index order is the training order:
+0 ground (black), 1 sky (red), 2 small rocks (green), 3 large rocks (blue).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lunar_cli.console import LunarError
+
+
+@dataclass(frozen=True)
+class LunarClass:
+    """One segmentation class: its index, name and mask colour (RGB)."""
+
+    index: int
+    name: str
+    rgb: tuple[int, int, int]
+
+
+CLASSES: tuple[LunarClass, ...] = (
+    LunarClass(0, "ground", (0, 0, 0)),
+    LunarClass(1, "sky", (255, 0, 0)),
+    LunarClass(2, "small_rocks", (0, 255, 0)),
+    LunarClass(3, "large_rocks", (0, 0, 255)),
+)
+CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
+NUM_CLASSES = len(CLASSES)
+PALETTE = np.array([c.rgb for c in CLASSES], dtype=np.uint8)  # (4, 3), row = class index
+
+
+def class_index(name: str) -> int:
+    """Return the index of the class called ``name`` (e.g. ``"sky"`` -> 1)."""
+    for c in CLASSES:
+        if c.name == name:
+            return c.index
+    raise LunarError(f"unknown class {name!r}: choose one of {', '.join(CLASS_NAMES)}")
+
+
+def to_rgb_uint8(array: np.ndarray, what: str = "mask") -> np.ndarray:
+    """Return ``array`` as an (H, W, 3) uint8 RGB image.
+
+    Accepts grayscale (H, W) or (H, W, 1), RGB, RGBA (alpha dropped) and 16-bit input
+    (scaled to 8 bits). Anything else is a LunarError naming ``what``.
+    """
+    a = np.asarray(array)
+    if a.dtype == np.uint16:
+        a = (a >> 8).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        raise LunarError(f"{what}: unsupported pixel type {a.dtype}; expected 8- or 16-bit integers")
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 2:
+        return np.repeat(a[:, :, None], 3, axis=2)
+    if a.ndim == 3 and a.shape[2] == 4:
+        return np.ascontiguousarray(a[:, :, :3])
+    if a.ndim == 3 and a.shape[2] == 3:
+        return a
+    raise LunarError(f"{what}: unsupported shape {a.shape}; expected grayscale, RGB or RGBA")
+
+
+def decode_mask(mask: np.ndarray, what: str = "mask") -> tuple[np.ndarray, float]:
+    """Return (class indices as (H, W) uint8, share of pixels that were off-palette).
+
+    ``mask`` is an RGB(A) colour mask (8- or 16-bit). Off-palette pixels (anti-aliased
+    edges, JPEG noise) take the nearest palette colour. A single-channel mask whose
+    values are all valid class indices (0..3) is taken as an index mask as it is; any
+    other single-channel mask cannot carry the colours and is refused.
+    """
+    a = np.asarray(mask)
+    if a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 1):
+        plane = a.reshape(a.shape[0], a.shape[1])
+        if plane.size and int(plane.max()) < NUM_CLASSES and plane.dtype.kind in "ui":
+            return plane.astype(np.uint8), 0.0
+        raise LunarError(
+            f"{what}: grayscale mask with values outside 0..{NUM_CLASSES - 1}; "
+            "masks must be RGB in the dataset palette (black/red/green/blue) or class indices"
+        )
+    rgb = to_rgb_uint8(a, what).astype(np.int32)
+    # Squared distance to each palette colour: (H, W, 4). Small ints, so int32 is exact.
+    dist = ((rgb[:, :, None, :] - PALETTE.astype(np.int32)[None, None, :, :]) ** 2).sum(axis=3)
+    indices = dist.argmin(axis=2).astype(np.uint8)
+    off_palette = float((dist.min(axis=2) > 0).mean()) if indices.size else 0.0
+    return indices, off_palette
+
+
+def encode_mask(indices: np.ndarray) -> np.ndarray:
+    """Return the (H, W, 3) uint8 RGB colour mask for a (H, W) array of class indices."""
+    idx = np.asarray(indices)
+    if idx.size and (int(idx.max()) >= NUM_CLASSES or int(idx.min()) < 0):
+        raise LunarError(f"class index out of range 0..{NUM_CLASSES - 1} in mask")
+    return PALETTE[idx.astype(np.intp)]
+
+
+def read_image_rgb(path: Path) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB; grayscale, RGBA and 16-bit are converted.
+
+    Raises LunarError naming the file when it is missing, empty or not a readable image.
+    """
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise LunarError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise LunarError(f"{path}: file is empty")
+    data = np.fromfile(str(path), dtype=np.uint8)  # fromfile copes with non-UTF-8 names
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    if img is None:
+        raise LunarError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
+    if img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+    elif img.ndim == 3 and img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return to_rgb_uint8(img, str(path))
+
+
+def read_mask(path: Path) -> tuple[np.ndarray, float]:
+    """Read a mask file; return (class indices (H, W) uint8, off-palette share)."""
+    import cv2
+
+    path = Path(path)
+    if not path.is_file():
+        raise LunarError(f"{path}: no such mask file")
+    if path.stat().st_size == 0:
+        raise LunarError(f"{path}: mask file is empty")
+    data = np.fromfile(str(path), dtype=np.uint8)
+    m = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    if m is None:
+        raise LunarError(f"{path}: not a readable mask image (corrupt, truncated or unsupported format)")
+    if m.ndim == 3 and m.shape[2] == 4:
+        m = cv2.cvtColor(m, cv2.COLOR_BGRA2RGBA)
+    elif m.ndim == 3 and m.shape[2] == 3:
+        m = cv2.cvtColor(m, cv2.COLOR_BGR2RGB)
+    return decode_mask(m, str(path))
+
+
+def write_png_atomic(path: Path, rgb_or_gray: np.ndarray) -> None:
+    """Write an RGB (H, W, 3) or single-channel (H, W) uint8 array as PNG, atomically."""
+    import cv2
+
+    from lunar_cli.files import atomic_path
+
+    a = np.asarray(rgb_or_gray)
+    if a.ndim == 3:
+        a = cv2.cvtColor(a, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", a)
+    if not ok:
+        raise LunarError(f"{path}: could not encode PNG")
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_bytes(buf.tobytes())

@@ -1,0 +1,170 @@
+"""The split manifest: which image/mask pairs are train, val, test and test_real.
+
+``<data_dir>/manifest.csv`` has one row per pair: ``image,mask,split`` with paths
+relative to the data directory. Rendered scenes are split by a seeded permutation of
+the sorted file list, so the result is the same bit for bit whatever order the file
+system lists them in; the real photos are always ``test_real``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lunar_cli.console import LunarError, warn
+from lunar_cli.data.probe import probe_image
+from lunar_cli.files import write_text_atomic
+
+MANIFEST_NAME = "manifest.csv"
+SPLITS = ("train", "val", "test", "test_real")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+@dataclass
+class PairScan:
+    """Image/mask pairs found under a data directory, and the problems met on the way."""
+
+    rendered: list[tuple[str, str]] = field(default_factory=list)
+    real: list[tuple[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _check_pair(data_dir: Path, image: Path, mask: Path) -> str | None:
+    """Return why the pair is unusable, or None when both files are whole and the same size."""
+    if not mask.is_file():
+        return f"{image.relative_to(data_dir)}: no mask ({mask.relative_to(data_dir)} missing)"
+    try:
+        image_size = probe_image(image)
+        mask_size = probe_image(mask)
+    except LunarError as exc:
+        return str(exc)
+    if image_size != mask_size:
+        return (
+            f"{mask.relative_to(data_dir)}: mask is {mask_size[0]}x{mask_size[1]} "
+            f"but its image is {image_size[0]}x{image_size[1]}"
+        )
+    return None
+
+
+def scan_pairs(data_dir: Path, mask_source: str = "clean") -> PairScan:
+    """Find rendered and real image/mask pairs under ``data_dir``, checking each mate."""
+    scan = PairScan()
+    render_dir = data_dir / "images" / "render"
+    mask_dir = data_dir / "images" / mask_source
+    if not render_dir.is_dir():
+        raise LunarError(f"no rendered images in {render_dir}: run lunar fetch --source synthetic")
+    if not mask_dir.is_dir():
+        raise LunarError(f"no mask folder {mask_dir}: fetch the full dataset or choose --mask-source clean|ground")
+    for image in sorted(p for p in render_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+        number = image.stem.removeprefix("render")
+        mask = mask_dir / f"{mask_source}{number}{image.suffix}"
+        if not mask.exists():
+            mask = mask_dir / f"{mask_source}{number}.png"
+        problem = _check_pair(data_dir, image, mask)
+        if problem:
+            scan.problems.append(problem)
+        else:
+            scan.rendered.append((image.relative_to(data_dir).as_posix(), mask.relative_to(data_dir).as_posix()))
+    real_dir = data_dir / "real_moon_images"
+    if real_dir.is_dir():
+        photos = [p for p in real_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("g_")]
+        for image in sorted(photos):
+            mask = real_dir / f"g_{image.name}"
+            if not mask.exists():
+                mask = real_dir / f"g_{image.stem}.png"
+            problem = _check_pair(data_dir, image, mask)
+            if problem:
+                scan.problems.append(problem)
+            else:
+                scan.real.append((image.relative_to(data_dir).as_posix(), mask.relative_to(data_dir).as_posix()))
+    return scan
+
+
+def assign_splits(
+    pairs: list[tuple[str, str]], *, train: float, val: float, seed: int
+) -> list[tuple[str, str, str]]:
+    """Return (image, mask, split) rows: a seeded shuffle of the sorted pairs cut into train/val/test."""
+    ordered = sorted(pairs)
+    n = len(ordered)
+    order = np.random.default_rng(seed).permutation(n)
+    n_train = int(round(n * train))
+    n_val = min(n - n_train, int(round(n * val)))
+    rows = []
+    for rank, idx in enumerate(order):
+        split = "train" if rank < n_train else "val" if rank < n_train + n_val else "test"
+        rows.append((*ordered[idx], split))
+    return sorted(rows, key=lambda r: (SPLITS.index(r[2]), r[0]))
+
+
+def make_split(
+    data_dir: Path,
+    *,
+    train: float = 0.49,
+    val: float = 0.21,
+    seed: int = 42,
+    mask_source: str = "clean",
+    strict: bool = False,
+) -> dict:
+    """Write ``manifest.csv`` under ``data_dir``; return counts per split and the skipped pairs."""
+    data_dir = Path(data_dir)
+    if not (data_dir / "dataset.json").is_file():
+        raise LunarError(
+            f"no dataset in {data_dir}/: run lunar fetch --source synthetic (or --source PATH for a downloaded zip)"
+        )
+    scan = scan_pairs(data_dir, mask_source)
+    if scan.problems:
+        if strict:
+            raise LunarError(f"{len(scan.problems)} bad image/mask pair(s), first: {scan.problems[0]} (--strict)")
+        for problem in scan.problems:
+            warn(f"skipped {problem}")
+        warn(f"skipped {len(scan.problems)} bad image/mask pair(s); pass --strict to make this an error")
+    if not scan.rendered:
+        raise LunarError(f"no usable rendered image/mask pairs in {data_dir}/images: run lunar fetch again")
+    rows = assign_splits(scan.rendered, train=train, val=val, seed=seed)
+    rows += [(image, mask, "test_real") for image, mask in scan.real]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["image", "mask", "split"])
+    writer.writerows(rows)
+    manifest = data_dir / MANIFEST_NAME
+    write_text_atomic(manifest, buffer.getvalue())
+    counts = {name: sum(1 for r in rows if r[2] == name) for name in SPLITS}
+    return {
+        "manifest": str(manifest),
+        "counts": counts,
+        "total": len(rows),
+        "seed": seed,
+        "mask_source": mask_source,
+        "skipped": scan.problems,
+    }
+
+
+def read_manifest(data_dir: Path) -> list[dict[str, str]]:
+    """Return the manifest rows of ``data_dir`` as dicts with image, mask and split."""
+    path = Path(data_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise LunarError(f"no manifest in {data_dir}/: run lunar split")
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames != ["image", "mask", "split"]:
+            raise LunarError(f"{path}: not a lunar manifest (header {reader.fieldnames}); run lunar split again")
+        rows = list(reader)
+    for line, row in enumerate(rows, start=2):
+        if row["split"] not in SPLITS or not row["image"] or not row["mask"]:
+            raise LunarError(f"{path}:{line}: bad row {row}; run lunar split again")
+    return rows
+
+
+def split_pairs(data_dir: Path, split: str) -> list[tuple[Path, Path]]:
+    """Return the absolute (image, mask) paths of one split, or raise if it is empty."""
+    if split not in SPLITS:
+        raise LunarError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    rows = read_manifest(data_dir)
+    pairs = [(Path(data_dir) / r["image"], Path(data_dir) / r["mask"]) for r in rows if r["split"] == split]
+    if not pairs:
+        raise LunarError(f"split {split!r} is empty in {data_dir}/{MANIFEST_NAME}: fetch more data and run lunar split")
+    return pairs
