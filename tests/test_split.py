@@ -68,8 +68,10 @@ def test_ground_masks_as_label_source(tiny_data):
 
 
 def test_missing_manifest_and_empty_split(tmp_path, tiny_data):
-    with pytest.raises(LunarError, match="run lunar split"):
+    with pytest.raises(LunarError, match="run lunar fetch --source synthetic, then lunar split"):
         read_manifest(tmp_path)
+    with pytest.raises(LunarError, match="no manifest in .*: run lunar split"):
+        read_manifest(tiny_data)
     make_split(tiny_data, train=1.0, val=0.0)
     with pytest.raises(LunarError, match="split 'val' is empty"):
         split_pairs(tiny_data, "val")

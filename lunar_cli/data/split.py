@@ -110,11 +110,10 @@ def make_split(
     strict: bool = False,
 ) -> dict:
     """Write ``manifest.csv`` under ``data_dir``; return counts per split and the skipped pairs."""
+    from lunar_cli.data.fetch import read_dataset_info
+
     data_dir = Path(data_dir)
-    if not (data_dir / "dataset.json").is_file():
-        raise LunarError(
-            f"no dataset in {data_dir}/: run lunar fetch --source synthetic (or --source PATH for a downloaded zip)"
-        )
+    read_dataset_info(data_dir)
     scan = scan_pairs(data_dir, mask_source)
     if scan.problems:
         if strict:
@@ -147,6 +146,8 @@ def read_manifest(data_dir: Path) -> list[dict[str, str]]:
     """Return the manifest rows of ``data_dir`` as dicts with image, mask and split."""
     path = Path(data_dir) / MANIFEST_NAME
     if not path.is_file():
+        if not (Path(data_dir) / "dataset.json").is_file():
+            raise LunarError(f"no dataset in {data_dir}/: run lunar fetch --source synthetic, then lunar split")
         raise LunarError(f"no manifest in {data_dir}/: run lunar split")
     with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
