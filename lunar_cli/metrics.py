@@ -1,0 +1,164 @@
+"""Confusion matrix -> IoU per class, mean IoU, pixel accuracy.
+
+Scores are computed once from a confusion matrix summed over the whole split, never
+averaged per batch: a per-batch mean weights a batch with three rock pixels as much as
+one with thousands, and a class absent from a batch would drag its mean down.
+
+segmentation_models_pytorch.metrics (``get_stats`` -> ``iou_score``) gives per-image
+tp/fp/fn/tn tensors and no confusion matrix, which we also want for plots and reports.
+One ``torch.bincount`` of ``num_classes * target + pred`` per batch gives the whole
+matrix, and matrices add exactly across batches and DDP ranks (as in torchvision's
+segmentation reference).
+
+torch is imported inside the functions so importing this module stays cheap; the CLI
+should still import it only inside the commands that train or evaluate.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Sequence
+
+from lunar_cli.classes import NUM_CLASSES
+from lunar_cli.console import LunarError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+IGNORE_INDEX = 255  # mask value for unlabeled pixels: counted nowhere
+
+
+def confusion_matrix(
+    pred: Tensor, target: Tensor, num_classes: int = NUM_CLASSES, ignore_index: int | None = IGNORE_INDEX
+) -> Tensor:
+    """Return the (C, C) int64 counts for one batch, rows = true class, cols = predicted.
+
+    ``pred`` and ``target`` are class-index maps of the same shape (any shape, e.g.
+    (N, H, W)). Pixels whose target equals ``ignore_index`` are left out. Any other
+    value outside 0..C-1 is a LunarError, so a wrong mask encoding cannot pass silently.
+    """
+    import torch
+
+    if pred.shape != target.shape:
+        raise ValueError(f"pred shape {tuple(pred.shape)} differs from target shape {tuple(target.shape)}")
+    pred = pred.detach().reshape(-1).long()
+    target = target.detach().reshape(-1).long()
+    n = num_classes
+    keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
+    bad_target = keep & ((target < 0) | (target >= n))
+    bad_pred = keep & ((pred < 0) | (pred >= n))
+    if bool(bad_target.any()):
+        value = int(target[bad_target][0])
+        raise LunarError(
+            f"mask holds class index {value}, outside 0..{n - 1} (ignore index {ignore_index}); "
+            "check the mask colours against the dataset palette"
+        )
+    if bool(bad_pred.any()):
+        raise ValueError(f"prediction holds class index {int(pred[bad_pred][0])}, outside 0..{n - 1}")
+    # Ignored pixels go to one extra bin that is then cut off: no boolean compaction.
+    flat = torch.where(keep, target * n + pred, torch.full_like(target, n * n))
+    return torch.bincount(flat, minlength=n * n + 1)[: n * n].reshape(n, n)
+
+
+class ConfusionMatrix:
+    """Confusion matrix summed over a whole split, batch by batch (and across DDP ranks).
+
+    Usage::
+
+        cm = ConfusionMatrix()
+        for images, masks in loader:
+            cm.update(model(images), masks)
+        cm.all_reduce()
+        scores = summarize(cm.matrix, CLASS_NAMES)
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int | None = IGNORE_INDEX) -> None:
+        import torch
+
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix: Tensor = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """Add one batch; ``pred`` is logits (N, C, H, W) or class indices (N, H, W)."""
+        if pred.ndim == target.ndim + 1:
+            pred = pred.argmax(dim=1)
+        batch = confusion_matrix(pred, target, self.num_classes, self.ignore_index)
+        # The matrix follows the data's device so a GPU loop never copies per batch.
+        self.matrix = self.matrix.to(batch.device) + batch
+
+    def reset(self) -> None:
+        """Zero the counts (keeps the device)."""
+        import torch
+
+        # A new tensor, so a matrix handed out earlier keeps its counts.
+        self.matrix = torch.zeros_like(self.matrix)
+
+    def all_reduce(self) -> Tensor:
+        """Sum the matrix over all DDP ranks in place (no-op without torch.distributed); return it."""
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return self.matrix
+        if dist.get_backend() == "nccl" and self.matrix.device.type != "cuda":
+            # A rank that saw no batch still holds its CPU zeros; NCCL only takes CUDA tensors.
+            self.matrix = self.matrix.to(torch.device("cuda", torch.cuda.current_device()))
+        dist.all_reduce(self.matrix, op=dist.ReduceOp.SUM)
+        return self.matrix
+
+
+def iou_per_class(matrix: Tensor) -> Tensor:
+    """Return the Jaccard index (IoU) of each class as a float64 CPU tensor.
+
+    IoU = TP / (TP + FP + FN). A class absent from both prediction and target has no
+    union and gets NaN, so means can skip it instead of counting it as 0 or 1.
+    """
+    import torch
+
+    m = matrix.detach().cpu().double()
+    tp = m.diagonal()
+    union = m.sum(dim=0) + m.sum(dim=1) - tp
+    return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, math.nan))
+
+
+def mean_iou(matrix: Tensor, ignore_classes: Sequence[int] = ()) -> float:
+    """Return the mean IoU over classes present in prediction or target (NaN if none).
+
+    ``ignore_classes`` lists class indices left out of the mean (e.g. ground).
+    """
+    import torch
+
+    iou = iou_per_class(matrix)
+    for c in ignore_classes:
+        if not 0 <= c < iou.numel():
+            raise LunarError(f"ignored class index {c} is outside 0..{iou.numel() - 1}")
+        iou[c] = math.nan
+    return float(torch.nanmean(iou))
+
+
+def pixel_accuracy(matrix: Tensor) -> float:
+    """Return the share of counted pixels whose predicted class is right (NaN if none)."""
+    m = matrix.detach().cpu().double()
+    total = float(m.sum())
+    return float(m.diagonal().sum()) / total if total > 0 else math.nan
+
+
+def summarize(matrix: Tensor, class_names: Sequence[str], ignore_classes: Sequence[int] = ()) -> dict[str, Any]:
+    """Return a JSON-ready dict: miou, pixel_accuracy, iou per class name, confusion_matrix.
+
+    NaN (class never seen, empty matrix) becomes None so the dict dumps as valid JSON.
+    """
+    if len(class_names) != matrix.shape[0]:
+        raise ValueError(f"{len(class_names)} class names for a {matrix.shape[0]}-class matrix")
+    iou = iou_per_class(matrix).tolist()
+    return {
+        "miou": _none_if_nan(mean_iou(matrix, ignore_classes)),
+        "pixel_accuracy": _none_if_nan(pixel_accuracy(matrix)),
+        "iou": {name: _none_if_nan(v) for name, v in zip(class_names, iou)},
+        "confusion_matrix": matrix.detach().cpu().long().tolist(),
+    }
+
+
+def _none_if_nan(value: float) -> float | None:
+    return None if math.isnan(value) else value
