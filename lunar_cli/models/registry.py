@@ -1,0 +1,263 @@
+"""Backbone name -> model: the custom U-Net, or a segmentation_models_pytorch Unet.
+
+The four names the study compared are in ``BACKBONES``; any other smp encoder name
+(``resnet34``, ``efficientnet-b0``, ``tu-<timm model>``...) works as well. Encoder
+weights are ``None`` (random init), ``"imagenet"`` (downloaded by smp) or a path to a
+local weights file, loaded offline into the encoder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lunar_cli.classes import NUM_CLASSES
+from lunar_cli.console import LunarError
+
+if TYPE_CHECKING:
+    import torch
+
+# Friendly name -> smp encoder name (None: our own U-Net, no encoder).
+BACKBONES: dict[str, str | None] = {
+    "custom": None,
+    "vgg11": "vgg11",
+    "resnet18": "resnet18",
+    # The native timm port; smp 0.6 removed its own "timm-mobilenetv3_large_100".
+    "mobilenet_v3_large": "tu-mobilenetv3_large_100",
+}
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+# Options the custom U-Net takes besides num_classes.
+CUSTOM_OPTIONS = ("in_channels", "base_width", "depth", "dropout")
+# smp.Unet arguments this module sets itself, so callers may not pass them.
+_SMP_RESERVED = ("encoder_name", "encoder_weights", "classes", "activation", "kwargs")
+
+
+def _smp_encoder_names() -> list[str]:
+    """Return the encoder names smp knows (not counting ``tu-`` timm ones)."""
+    import segmentation_models_pytorch as smp
+
+    return list(smp.encoders.get_encoder_names())
+
+
+def list_backbones(pattern: str = "*", include_smp: bool = False) -> list[str]:
+    """Return the backbone names matching a glob ``pattern`` (friendly names, then smp's)."""
+    names = list(BACKBONES)
+    if include_smp:
+        names += sorted(set(_smp_encoder_names()) - set(names))
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern.lower())]
+
+
+def smp_encoder_name(backbone: str) -> str | None:
+    """Return the smp encoder name for ``backbone`` (None for the custom U-Net).
+
+    ``backbone`` is a friendly name (``mobilenet_v3_large``), an smp encoder name
+    (``resnet34``) or ``tu-<timm model>``. Anything else is a LunarError with suggestions.
+    """
+    key = str(backbone).strip().lower()
+    for candidate in (key, key.replace("-", "_")):
+        if candidate in BACKBONES:
+            return BACKBONES[candidate]
+    if key.startswith("tu-"):
+        import timm
+
+        if timm.models.is_model(key[3:]):
+            return key
+        raise LunarError(
+            f"unknown backbone {backbone!r}: timm has no model {key[3:]!r}; "
+            "see timm.list_models() for the names after 'tu-'"
+        )
+    smp_names = _smp_encoder_names()
+    if key in smp_names:
+        return key
+    close = difflib.get_close_matches(key, list(BACKBONES) + smp_names, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    raise LunarError(
+        f"unknown backbone {backbone!r}: {hint}choose one of {', '.join(BACKBONES)}, "
+        "or any segmentation_models_pytorch encoder name (e.g. resnet34, tu-<timm model>)"
+    )
+
+
+def friendly_name(backbone: str) -> str:
+    """Return the name to record for ``backbone``: its friendly name when it has one."""
+    encoder = smp_encoder_name(backbone)
+    for name, enc in BACKBONES.items():
+        if enc == encoder:
+            return name
+    return str(encoder)
+
+
+def normalization(backbone: str) -> dict[str, list[float]]:
+    """Return the input normalisation ``{"mean": [r, g, b], "std": [r, g, b]}`` for ``backbone``.
+
+    Images are scaled to 0-1 first; then ``(x - mean) / std``. The custom U-Net takes
+    plain 0-1 input; smp encoders take the statistics they were pretrained with.
+    """
+    encoder = smp_encoder_name(backbone)
+    if encoder is None:
+        return {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+    if encoder.startswith("tu-"):
+        import timm
+
+        name = encoder[3:]
+        if timm.models.is_model_pretrained(name.split(".")[0]):
+            cfg = timm.models.get_pretrained_cfg(name)
+            if cfg is not None:
+                return {"mean": [float(v) for v in cfg.mean], "std": [float(v) for v in cfg.std]}
+    # smp's own encoders keep their statistics on the Hugging Face hub; all of the
+    # ImageNet ones use these, and reading them here must not need a network.
+    return {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
+
+
+def _weights_choice(encoder_weights: str | Path | None) -> str | Path | None:
+    """Return None, an smp weights name such as ``"imagenet"``, or a local Path."""
+    if encoder_weights is None or isinstance(encoder_weights, Path):
+        return encoder_weights
+    text = str(encoder_weights).strip()
+    if text.lower() in ("", "none", "random"):
+        return None
+    if text.lower() in ("imagenet", "ssl", "swsl", "instagram", "advprop", "noisy-student"):
+        return text.lower()
+    return Path(text).expanduser()
+
+
+def build_model(
+    backbone: str,
+    *,
+    num_classes: int = NUM_CLASSES,
+    encoder_weights: str | Path | None = None,
+    **kwargs: Any,
+) -> "torch.nn.Module":
+    """Return a fresh segmentation model for ``backbone`` giving logits (N, num_classes, H, W).
+
+    ``encoder_weights``: None or "none" (random init), "imagenet" (smp downloads it), or
+    a path to a local encoder weights file. ``kwargs`` go to the model: ``base_width``,
+    ``depth``, ``dropout``, ``in_channels`` for custom; ``smp.Unet`` arguments otherwise.
+    """
+    encoder = smp_encoder_name(backbone)
+    weights = _weights_choice(encoder_weights)
+    if encoder is None:
+        return _build_custom(num_classes, weights, kwargs)
+    return _build_smp_unet(encoder, num_classes, weights, kwargs)
+
+
+def _build_custom(num_classes: int, weights: str | Path | None, kwargs: dict[str, Any]) -> "torch.nn.Module":
+    """Return the custom U-Net; it has no pretrained encoder, so weights must be None."""
+    from lunar_cli.models.unet import UNet
+
+    if weights is not None:
+        raise LunarError(
+            f"backbone custom has no pretrained encoder (got encoder weights {str(weights)!r}); "
+            "use --encoder-weights none"
+        )
+    unknown = sorted(set(kwargs) - set(CUSTOM_OPTIONS))
+    if unknown:
+        raise LunarError(
+            f"backbone custom: unknown model option(s) {', '.join(unknown)}; "
+            f"it takes {', '.join(CUSTOM_OPTIONS)}"
+        )
+    return UNet(num_classes=num_classes, **kwargs)
+
+
+def _build_smp_unet(
+    encoder: str, num_classes: int, weights: str | Path | None, kwargs: dict[str, Any]
+) -> "torch.nn.Module":
+    """Return ``smp.Unet`` on ``encoder``, with weights random, downloaded or from a file."""
+    import segmentation_models_pytorch as smp
+
+    if not encoder.startswith("tu-"):
+        # smp silently ignores unknown options for its own encoders; catch typos here.
+        allowed = [p for p in inspect.signature(smp.Unet).parameters if p not in _SMP_RESERVED]
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            raise LunarError(
+                f"backbone {encoder}: unknown model option(s) {', '.join(unknown)}; "
+                f"smp.Unet takes {', '.join(allowed)}"
+            )
+    download: str | bool | None = None
+    if isinstance(weights, str):
+        if encoder.startswith("tu-"):
+            if weights != "imagenet":
+                raise LunarError(f"encoder {encoder}: only 'imagenet' weights can be downloaded, not {weights!r}")
+            download = True  # timm picks the model's default pretrained tag
+        else:
+            available = list(smp.encoders.encoders[encoder]["pretrained_settings"])
+            if weights not in available:
+                raise LunarError(
+                    f"encoder {encoder} has no {weights!r} weights; choose none, "
+                    f"{', '.join(available) or 'a local file'} or a path to a weights file"
+                )
+            download = weights
+    try:
+        model = smp.Unet(
+            encoder_name=encoder, encoder_weights=download, classes=num_classes, activation=None, **kwargs
+        )
+    except TypeError as exc:
+        raise LunarError(f"backbone {encoder}: bad model option ({exc})") from exc
+    except (OSError, RuntimeError) as exc:
+        # Hugging Face hub errors (offline, DNS, HTTP) are all OSError subclasses;
+        # RuntimeError covers a download that arrived broken.
+        if download is None:
+            raise
+        raise LunarError(
+            f"could not download {weights} weights for {encoder} ({type(exc).__name__}): no network? "
+            "use --encoder-weights none or a local weights file (--encoder-weights PATH)"
+        ) from exc
+    if isinstance(weights, Path):
+        load_encoder_weights(model.encoder, weights, encoder)
+    return model
+
+
+def load_encoder_weights(encoder_module: "torch.nn.Module", path: Path, encoder: str = "encoder") -> None:
+    """Load a local weights file into ``encoder_module`` (offline, tensors only).
+
+    Accepts a ``.safetensors`` or torch file holding a bare encoder state dict, a full
+    model state dict with ``encoder.`` prefixes, or a lunar checkpoint (its ``model``).
+    """
+    import pickle
+
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise LunarError(
+            f"encoder weights {path}: no such file; use --encoder-weights none, imagenet or a path to a weights file"
+        )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state: Any = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+        raise LunarError(f"encoder weights {path}: not a readable weights file ({first})") from exc
+    if isinstance(state, dict):
+        for wrapper in ("model", "state_dict"):
+            if isinstance(state.get(wrapper), dict):
+                state = state[wrapper]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise LunarError(f"encoder weights {path}: expected a state dict of tensors")
+    if any(str(k).startswith("encoder.") for k in state):
+        state = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+
+    expected = encoder_module.state_dict()
+    try:
+        encoder_module.load_state_dict(dict(state), strict=True)
+    except RuntimeError as exc:
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+        example = (missing or unexpected or wrong or ["?"])[0]
+        raise LunarError(
+            f"encoder weights {path}: do not fit the {encoder} encoder ({len(missing)} missing, "
+            f"{len(unexpected)} unexpected, {len(wrong)} wrong-shape keys, e.g. {example!r}); "
+            "was the file saved from another encoder?"
+        ) from exc
