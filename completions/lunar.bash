@@ -8,31 +8,57 @@ _lunar() {
         case "${COMP_WORDS[i]}" in -*) ;; *) cmd="${COMP_WORDS[i]}"; break ;; esac
     done
     case "$prev" in
+        --backbone|-b) return ;;
+        --batch-size) return ;;
         --checksum) return ;;
+        --class-weights) return ;;
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --count) return ;;
         --data-dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --device) return ;;
+        --encoder-weights) return ;;
+        --epochs) return ;;
+        --format|-f) COMPREPLY=($(compgen -W "rgb index overlay probs" -- "$cur")); return ;;
+        --hazard-margin) return ;;
         --height) return ;;
+        --image-size) return ;;
+        --images) return ;;
+        --limit) return ;;
+        --loss) COMPREPLY=($(compgen -W "ce dice focal ce+dice" -- "$cur")); return ;;
+        --lr) return ;;
         --mask-source) COMPREPLY=($(compgen -W "clean ground" -- "$cur")); return ;;
         --models) return ;;
         --models-dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --name) return ;;
+        --optimizer) COMPREPLY=($(compgen -W "auto adam adamw sgd" -- "$cur")); return ;;
+        --output|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --overlap) return ;;
+        --patience) return ;;
         --real-count) return ;;
+        --resume) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --runs-dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --sample) return ;;
+        --scheduler) COMPREPLY=($(compgen -W "none cosine step plateau" -- "$cur")); return ;;
         --seed) return ;;
         --source|-s) return ;;
+        --split) return ;;
         --test) return ;;
         --train) return ;;
         --val) return ;;
         --width) return ;;
+        --workers) return ;;
     esac
     case "$cmd" in
         "") COMPREPLY=($(compgen -W "fetch split eda train evaluate predict compare --version -V --debug --help -h" -- "$cur")) ;;
         fetch) COMPREPLY=($(compgen -W "--source -s --data-dir --count --real-count --width --height --force --models --models-dir --checksum --seed --config -c --json --help -h" -- "$cur")) ;;
         split) COMPREPLY=($(compgen -W "--data-dir --train --val --test --mask-source --strict --seed --config -c --json --help -h" -- "$cur")) ;;
-        eda) COMPREPLY=($(compgen -W "--config -c --json --help -h" -- "$cur")) ;;
-        train) COMPREPLY=($(compgen -W "--config -c --json --help -h" -- "$cur")) ;;
-        evaluate) COMPREPLY=($(compgen -W "--config -c --json --help -h" -- "$cur")) ;;
-        predict) COMPREPLY=($(compgen -W "--config -c --json --help -h" -- "$cur")) ;;
-        compare) COMPREPLY=($(compgen -W "--config -c --json --help -h" -- "$cur")) ;;
+        eda) COMPREPLY=($(compgen -W "--data-dir --out -o --sample --mask-source --workers --seed --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        train) COMPREPLY=($(compgen -W "--backbone -b --encoder-weights --epochs --batch-size --image-size --limit --patience --loss --class-weights --optimizer --lr --scheduler --name --exist-ok --resume --amp --no-amp --compile --deterministic --workers --seed --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        evaluate) COMPREPLY=($(compgen -W "--split --batch-size --limit --workers --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        predict) COMPREPLY=($(compgen -W "--output -o --model -m --format -f --tile --overlap --hazard --hazard-margin --batch-size --strict --device --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        compare) COMPREPLY=($(compgen -W "--out -o --images --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
     esac
 }
 complete -o default -F _lunar lunar

@@ -52,6 +52,54 @@ SeedOpt = Annotated[Optional[int], typer.Option("--seed", help=f"Random seed. {_
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (for scripts).")]
 
 
+class Loss(str, Enum):
+    ce = "ce"
+    dice = "dice"
+    focal = "focal"
+    ce_dice = "ce+dice"
+
+
+class Optim(str, Enum):
+    auto = "auto"
+    adam = "adam"
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class Schedule(str, Enum):
+    none = "none"
+    cosine = "cosine"
+    step = "step"
+    plateau = "plateau"
+
+
+RunsDirOpt = Annotated[Optional[Path], typer.Option("--runs-dir", help=f"Runs folder. {_default('runs_dir')}")]
+DeviceOpt = Annotated[
+    Optional[str], typer.Option("--device", help=f"auto | cpu | cuda | cuda:N | mps. {_default('device')}")
+]
+ImageSizeOpt = Annotated[
+    Optional[int], typer.Option("--image-size", help=f"Square size, multiple of 32. {_default('data.image_size')}")
+]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only N images per split (quick runs).")]
+WorkersOpt = Annotated[
+    Optional[int], typer.Option("--workers", help="Processes decoding images into the cache (default: all cores).")
+]
+
+
+class SplitName(str, Enum):
+    train = "train"
+    val = "val"
+    test = "test"
+    test_real = "test_real"
+
+
+class OutputFormat(str, Enum):
+    rgb = "rgb"
+    index = "index"
+    overlay = "overlay"
+    probs = "probs"
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"lunar {__version__}")
@@ -163,46 +211,251 @@ def split(
     _report(result, json_out, "split")
 
 
-def _not_yet(name: str, config: Optional[Path]) -> None:
-    from lunar_cli.console import NotImplementedYet
+@app.command()
+def eda(
+    data_dir: DataDirOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: <runs-dir>/eda).")] = None,
+    sample: Annotated[Optional[int], typer.Option(help="Analyse a seeded random subset of N rendered images.")] = None,
+    mask_source: Annotated[
+        Optional[MaskSource], typer.Option(help=f"Label folder under images/. {_default('split.mask_source')}")
+    ] = None,
+    workers: WorkersOpt = None,
+    seed: SeedOpt = None,
+    runs_dir: RunsDirOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Explore the dataset: class shares, where classes appear, palette and size checks."""
+    from lunar_cli.data.eda import run_eda
 
-    if config is not None:
-        load_config(config)
-    raise NotImplementedYet(name)
+    cfg = load_config(
+        config,
+        {
+            "data_dir": data_dir,
+            "eda.out": out,
+            "eda.sample": sample,
+            "split.mask_source": mask_source.value if mask_source else None,
+            "data.workers": workers,
+            "seed": seed,
+            "runs_dir": runs_dir,
+        },
+    )
+    result = run_eda(
+        cfg.data_dir, cfg.eda.out or cfg.runs_dir / "eda", sample=cfg.eda.sample, seed=cfg.seed,
+        mask_source=cfg.split.mask_source, workers=cfg.data.workers, progress=not json_out,
+    )  # fmt: skip
+    _report(result, json_out, "eda")
 
 
 @app.command()
-def eda(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
-    """Explore the dataset: class shares, where classes appear, palette checks (not implemented yet)."""
-    _not_yet("eda", config)
+def train(
+    backbone: Annotated[
+        Optional[str],
+        typer.Option("--backbone", "-b", help=f"custom | vgg11 | resnet18 | mobilenet_v3_large | any smp encoder. {_default('train.backbone')}"),
+    ] = None,
+    encoder_weights: Annotated[
+        Optional[str],
+        typer.Option(help=f"imagenet | none | PATH to local encoder weights. {_default('train.encoder_weights')}"),
+    ] = None,
+    epochs: Annotated[Optional[int], typer.Option(help=f"Epochs. {_default('train.epochs')}")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Images per step. {_default('train.batch_size')}")] = None,
+    image_size: ImageSizeOpt = None,
+    limit: LimitOpt = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after N epochs without a better val mIoU.")] = None,
+    loss: Annotated[Optional[Loss], typer.Option(help=f"Loss. {_default('train.loss')}")] = None,
+    class_weights: Annotated[
+        Optional[str], typer.Option(help="Cross-entropy class weights: auto (inverse frequency) or 4 numbers a,b,c,d.")
+    ] = None,
+    optimizer: Annotated[Optional[Optim], typer.Option(help=f"Optimiser. {_default('train.optimizer')}")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: 1e-3 adam, 1e-2 sgd).")] = None,
+    scheduler: Annotated[Optional[Schedule], typer.Option(help=f"LR schedule. {_default('train.scheduler')}")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Run folder name under runs/train (default: the backbone).")] = None,
+    exist_ok: Annotated[Optional[bool], typer.Option("--exist-ok", help="Reuse runs/train/NAME if it exists.")] = None,
+    resume: Annotated[
+        Optional[Path], typer.Option(help="Continue a run exactly: its folder or a last.pt.")
+    ] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision on GPU. [default: amp]")] = None,
+    compile_model: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the model.")] = None,
+    deterministic: Annotated[
+        Optional[bool], typer.Option("--deterministic", help="Deterministic algorithms (exact resume).")
+    ] = None,
+    workers: WorkersOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    data_dir: DataDirOpt = None,
+    runs_dir: RunsDirOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a U-Net on the train split, keeping the best on validation IoU."""
+    from lunar_cli.config import parse_class_weights
+    from lunar_cli.train import train as run_train
+
+    cfg = load_config(
+        config,
+        {
+            "train.backbone": backbone,
+            "train.encoder_weights": encoder_weights,
+            "train.epochs": epochs,
+            "train.batch_size": batch_size,
+            "data.image_size": image_size,
+            "data.limit": limit,
+            "data.workers": workers,
+            "train.patience": patience,
+            "train.loss": loss.value if loss else None,
+            "train.class_weights": parse_class_weights(class_weights),
+            "train.optimizer": optimizer.value if optimizer else None,
+            "train.lr": lr,
+            "train.scheduler": scheduler.value if scheduler else None,
+            "train.name": name,
+            "train.exist_ok": exist_ok,
+            "train.amp": amp,
+            "train.compile": compile_model,
+            "train.deterministic": deterministic,
+            "seed": seed,
+            "device": device,
+            "data_dir": data_dir,
+            "runs_dir": runs_dir,
+        },
+    )
+    result = run_train(
+        cfg.train, cfg.data, data_dir=cfg.data_dir, runs_dir=cfg.runs_dir, seed=cfg.seed, device=cfg.device,
+        resume=resume, epochs_override=epochs, requested_backbone=backbone, progress=not json_out,
+    )
+    _report(result, json_out, "train")
 
 
 @app.command()
-def train(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
-    """Train a U-Net on the train split, keeping the best on validation IoU (not implemented yet)."""
-    _not_yet("train", config)
+def evaluate(
+    target: Annotated[
+        Optional[Path], typer.Argument(help="A run folder or checkpoint (default: the newest best.pt under runs/).")
+    ] = None,
+    split_names: Annotated[
+        Optional[list[SplitName]],
+        typer.Option("--split", help="Split to score; repeat for several. [default: test, test_real]"),
+    ] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Images per pass. {_default('evaluate.batch_size')}")] = None,
+    limit: LimitOpt = None,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = None,
+    data_dir: DataDirOpt = None,
+    runs_dir: RunsDirOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score a trained model on the test splits with the Jaccard index (IoU)."""
+    from lunar_cli.evaluate import evaluate_model
+    from lunar_cli.inference import find_model
+
+    cfg = load_config(
+        config,
+        {
+            "evaluate.splits": [s.value for s in split_names] if split_names else None,
+            "evaluate.batch_size": batch_size,
+            "data.limit": limit,
+            "data.workers": workers,
+            "device": device,
+            "data_dir": data_dir,
+            "runs_dir": runs_dir,
+        },
+    )
+    model_path, _ = find_model(target, cfg.runs_dir)
+    result = evaluate_model(
+        model_path, data_dir=cfg.data_dir, splits=cfg.evaluate.splits, batch_size=cfg.evaluate.batch_size,
+        device=cfg.device, limit=cfg.data.limit, workers=cfg.data.workers, grid=cfg.evaluate.grid,
+        progress=not json_out,
+    )  # fmt: skip
+    _report(result, json_out, "evaluate")
 
 
 @app.command()
-def evaluate(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
-    """Score a trained model on the test splits with the Jaccard index (not implemented yet)."""
-    _not_yet("evaluate", config)
+def predict(
+    inputs: Annotated[
+        list[str], typer.Argument(help="Images, folders, globs, or - to read paths from stdin.", show_default=False)
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Output file (one input) or folder. [default: runs/predict]")
+    ] = Path("runs/predict"),
+    model: Annotated[
+        Optional[Path], typer.Option("--model", "-m", help="Checkpoint or run folder (default: newest best.pt under runs/).")
+    ] = None,
+    fmt: Annotated[
+        Optional[OutputFormat], typer.Option("--format", "-f", help=f"What to write. {_default('predict.format')}")
+    ] = None,
+    tile: Annotated[Optional[bool], typer.Option("--tile", help="Sliding-window inference for large frames.")] = None,
+    overlap: Annotated[Optional[float], typer.Option(help=f"Tile overlap. {_default('predict.tile_overlap')}")] = None,
+    hazard: Annotated[Optional[bool], typer.Option("--hazard", help="Also write a hazard/safe-ground map.")] = None,
+    hazard_margin: Annotated[
+        Optional[int], typer.Option(help=f"Clearance around rocks, pixels. {_default('predict.hazard_margin')}")
+    ] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Images per pass. {_default('predict.batch_size')}")] = None,
+    strict: Annotated[Optional[bool], typer.Option("--strict", help="Stop at the first image that fails.")] = None,
+    device: DeviceOpt = None,
+    runs_dir: RunsDirOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write class masks for photos: lunar predict img.png -o mask.png."""
+    from lunar_cli.predict import run_predict
+
+    cfg = load_config(
+        config,
+        {
+            "predict.format": fmt.value if fmt else None,
+            "predict.tile": tile,
+            "predict.tile_overlap": overlap,
+            "predict.hazard": hazard,
+            "predict.hazard_margin": hazard_margin,
+            "predict.batch_size": batch_size,
+            "predict.strict": strict,
+            "device": device,
+            "runs_dir": runs_dir,
+        },
+    )
+    p = cfg.predict
+    result = run_predict(
+        inputs, output=output, model=model, runs_dir=cfg.runs_dir, fmt=p.format, tile=p.tile,
+        tile_overlap=p.tile_overlap, hazard=p.hazard, hazard_margin=p.hazard_margin, batch_size=p.batch_size,
+        device=cfg.device, amp=p.amp, strict=p.strict, progress=not json_out,
+    )  # fmt: skip
+    _report(result, json_out, "predict")
+    if result["failed"]:
+        raise typer.Exit(1)
 
 
 @app.command()
-def predict(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
-    """Write class masks for photos (not implemented yet)."""
-    _not_yet("predict", config)
+def compare(
+    runs: Annotated[
+        Optional[list[Path]], typer.Argument(help="Run folders to compare (default: every run under runs/train).")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: <runs-dir>/compare).")] = None,
+    images: Annotated[Optional[int], typer.Option(help=f"Real images in the grid. {_default('compare.images')}")] = None,
+    device: DeviceOpt = None,
+    data_dir: DataDirOpt = None,
+    runs_dir: RunsDirOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compare trained runs: curves, test and real-photo IoU, predictions side by side."""
+    from lunar_cli.compare import compare_runs
 
-
-@app.command()
-def compare(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
-    """Compare trained runs: curves, test IoU and predictions side by side (not implemented yet)."""
-    _not_yet("compare", config)
+    cfg = load_config(
+        config,
+        {"compare.out": out, "compare.images": images, "device": device, "data_dir": data_dir, "runs_dir": runs_dir},
+    )
+    result = compare_runs(
+        runs or None, runs_dir=cfg.runs_dir, data_dir=cfg.data_dir, out_dir=cfg.compare.out, device=cfg.device,
+        n_images=cfg.compare.images, progress=not json_out,
+    )  # fmt: skip
+    _report(result, json_out, "compare")
 
 
 def _report(result: dict, json_out: bool, command: str) -> None:
-    """Print a command's result as JSON or as a rich summary."""
+    """Print a command's result as JSON or as a rich summary (under torchrun, rank 0 only)."""
+    import os
+
+    if os.environ.get("RANK", "0") != "0":
+        return
     from lunar_cli import report
 
     if json_out:
@@ -216,6 +469,9 @@ def _report(result: dict, json_out: bool, command: str) -> None:
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit code, turning errors into one line each."""
     from lunar_cli.console import LunarError
+    from lunar_cli.runtime import prefer_passive_threads
+
+    prefer_passive_threads()
 
     def say(message: str) -> None:
         from lunar_cli.console import err

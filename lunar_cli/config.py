@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping, Union
+from typing import Any, List, Literal, Mapping, Union
 
 from lunar_cli.console import LunarError
 
@@ -47,6 +47,93 @@ class SplitConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """Training augmentation as in the original study (off for val/test)."""
+
+    hflip: float = 0.2  # probability of a horizontal flip (image and mask together)
+    vflip: float = 0.2  # probability of a vertical flip (image and mask together)
+    jitter_p: float = 0.5  # probability of colour jitter (image only)
+    brightness: float = 0.2  # colour jitter: brightness factor range 1 +- this
+    contrast: float = 0.2  # colour jitter: contrast factor range 1 +- this
+    saturation: float = 0.2  # colour jitter: saturation factor range 1 +- this
+    hue: float = 0.05  # colour jitter: hue shift range +- this (fraction of a turn, max 0.5)
+
+
+@dataclass
+class DataConfig:
+    """How images become tensors: size, subset, cache (train, evaluate, eda)."""
+
+    image_size: int = 256  # square training size in pixels; a multiple of 32
+    limit: Union[int, None] = None  # use only N images of each split (quick runs); null = all
+    workers: Union[int, None] = None  # processes that decode images into the cache; null = all cores
+    skip_bad: bool = False  # drop unreadable image/mask pairs with a warning instead of stopping
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class TrainConfig:
+    """How a model is trained (``lunar train``)."""
+
+    backbone: str = "custom"  # custom | vgg11 | resnet18 | mobilenet_v3_large | any smp encoder name
+    encoder_weights: str = "imagenet"  # imagenet | none | path to a local encoder weights file (custom: none)
+    epochs: int = 20  # passes over the train split
+    batch_size: int = 8  # images per step (per process under torchrun)
+    optimizer: Literal["auto", "adam", "adamw", "sgd"] = "auto"  # auto: adam for custom, sgd for smp encoders
+    lr: Union[float, None] = None  # learning rate; null: 1e-3 for adam/adamw, 1e-2 for sgd
+    momentum: float = 0.9  # sgd momentum
+    weight_decay: float = 0.0  # L2 penalty
+    scheduler: Literal["none", "cosine", "step", "plateau"] = "none"  # learning-rate schedule
+    loss: Literal["ce", "dice", "focal", "ce+dice"] = "ce"  # cross-entropy as in the study, or smp Dice/Focal
+    class_weights: Union[List[float], Literal["auto"], None] = None  # CE weights per class; auto: inverse frequency
+    patience: Union[int, None] = None  # stop after N epochs without a better val mIoU; null = never
+    name: Union[str, None] = None  # run folder name under runs/train (default: the backbone, numbered)
+    exist_ok: bool = False  # reuse runs/train/<name> instead of making <name>2, <name>3, ...
+    amp: bool = True  # mixed precision on GPU (bf16 where supported); ignored on CPU
+    channels_last: bool = True  # channels-last memory layout on GPU
+    compile: bool = False  # torch.compile the model (GPU; slow first epoch)
+    deterministic: bool = False  # deterministic algorithms (exact resume on CPU; slower on GPU)
+
+
+@dataclass
+class EdaConfig:
+    """The exploratory analysis (``lunar eda``)."""
+
+    sample: Union[int, None] = None  # analyse a seeded random subset of N rendered images; null = all
+    out: Union[Path, None] = None  # output folder; null = <runs_dir>/eda
+
+
+@dataclass
+class EvaluateConfig:
+    """Scoring a trained model (``lunar evaluate``)."""
+
+    splits: List[Literal["train", "val", "test", "test_real"]] = field(default_factory=lambda: ["test", "test_real"])  # splits to score, each on its own
+    batch_size: int = 8  # images per forward pass
+    grid: int = 3  # best and worst predictions shown per split
+
+
+@dataclass
+class PredictConfig:
+    """Masks for new photos (``lunar predict``)."""
+
+    format: Literal["rgb", "index", "overlay", "probs"] = "rgb"  # palette mask | class-index PNG | overlay | probabilities .npz
+    tile: bool = False  # sliding-window inference at the model's resolution (large frames, bounded memory)
+    tile_overlap: float = 0.25  # overlap between tiles, as a share of the tile size
+    hazard: bool = False  # also write a hazard/safe-ground map and the largest safe region
+    hazard_margin: int = 15  # pixels of clearance around rocks in the hazard map
+    batch_size: int = 8  # images (or tiles) per forward pass
+    amp: bool = True  # mixed precision on GPU
+    strict: bool = False  # stop at the first image that fails instead of skipping it
+
+
+@dataclass
+class CompareConfig:
+    """Comparing trained runs (``lunar compare``)."""
+
+    images: int = 4  # real images in the side-by-side prediction grid
+    out: Union[Path, None] = None  # output folder; null = <runs_dir>/compare
+
+
+@dataclass
 class Config:
     """Everything a lunar command can be told, in one object."""
 
@@ -56,6 +143,12 @@ class Config:
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
     fetch: FetchConfig = field(default_factory=FetchConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eda: EdaConfig = field(default_factory=EdaConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -188,8 +281,46 @@ def validate(cfg: Config) -> None:
     for name in ("count", "width", "height"):
         if getattr(f, name) < 1:
             raise LunarError(f"config key 'fetch.{name}': must be at least 1, got {getattr(f, name)}")
+    d = cfg.data
+    if d.image_size < 32 or d.image_size % 32:
+        nearest = max(32, int(round(d.image_size / 32)) * 32)
+        raise LunarError(
+            f"config key 'data.image_size': {d.image_size} is not a multiple of 32 (the U-Nets halve it 5 times); "
+            f"use {nearest}"
+        )
+    if d.limit is not None and d.limit < 1:
+        raise LunarError(f"config key 'data.limit': must be at least 1, got {d.limit}")
+    for name in ("hflip", "vflip", "jitter_p"):
+        if not 0.0 <= getattr(d.augment, name) <= 1.0:
+            raise LunarError(f"config key 'data.augment.{name}': a probability between 0 and 1")
+    if not 0.0 <= d.augment.hue <= 0.5:
+        raise LunarError("config key 'data.augment.hue': must be between 0 and 0.5")
+    t = cfg.train
+    if t.epochs < 1 or t.batch_size < 1:
+        raise LunarError("config keys 'train.epochs' and 'train.batch_size' must be at least 1")
+    if isinstance(t.class_weights, list) and len(t.class_weights) != 4:
+        raise LunarError(f"config key 'train.class_weights': give 4 weights (one per class), got {len(t.class_weights)}")
+    if not 0.0 <= cfg.predict.tile_overlap < 0.9:
+        raise LunarError("config key 'predict.tile_overlap': must be at least 0 and below 0.9")
+    for key, value in (("predict.hazard_margin", cfg.predict.hazard_margin), ("eda.sample", cfg.eda.sample or 1),
+                       ("evaluate.batch_size", cfg.evaluate.batch_size), ("predict.batch_size", cfg.predict.batch_size),
+                       ("compare.images", cfg.compare.images)):
+        if value < (0 if key == "predict.hazard_margin" else 1):
+            raise LunarError(f"config key {key!r}: got {value}, which is too small")
+    if not cfg.evaluate.splits:
+        raise LunarError("config key 'evaluate.splits': name at least one split")
     if f.real_count < 0:
         raise LunarError(f"config key 'fetch.real_count': must be 0 or more, got {f.real_count}")
+
+
+def parse_class_weights(text: str | None) -> Union[List[float], str, None]:
+    """Return class weights from a flag: ``auto``, or four comma-separated numbers."""
+    if text is None or text.strip().lower() == "auto":
+        return None if text is None else "auto"
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError as exc:
+        raise LunarError(f"--class-weights {text!r}: give auto or 4 numbers like 1,1,5,5") from exc
 
 
 def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:

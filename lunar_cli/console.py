@@ -54,7 +54,7 @@ def info(message: str) -> None:
     """Print a one-line progress message to stderr."""
     from lunar_cli.console import err
 
-    err.print(message, highlight=False)
+    err.print(message, highlight=False, markup=False)
 
 
 def print_json(payload: Any) -> None:

@@ -39,7 +39,69 @@ def _split(result: dict) -> None:
     out.print(f"manifest: {result['manifest']}")
 
 
-RENDERERS: dict[str, Callable[[dict], None]] = {"fetch": _fetch, "split": _split}
+def _train(result: dict) -> None:
+    best = result.get("best") or {}
+    rows = [["mIoU", _num(best.get("val_miou"))], ["pixel accuracy", _num(best.get("val_pixel_accuracy"))]]
+    rows += [[f"IoU {k[4:]}", _num(v)] for k, v in best.items() if k.startswith("iou_")]
+    out.print(_table(f"{result['backbone']}: best val epoch {result['best_epoch']} of {result['epochs_run']}",
+                     ["metric", "value"], rows))
+    out.print(f"run: {result['run_dir']}  (best.pt, last.pt, history.csv, curves.png, metrics.json)")
+
+
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _eda(result: dict) -> None:
+    from lunar_cli.classes import CLASS_NAMES
+
+    sets = [s for s in ("rendered", "real", "all") if s in result["class_shares"]]
+    rows = []
+    for name in CLASS_NAMES:
+        rows.append([name, *[f"{100 * result['class_shares'][s][name]:.2f}%" for s in sets],
+                     *[f"{result['class_presence_percent'][s][name]:.1f}%" for s in sets]])
+    columns = ["class", *[f"pixels {s}" for s in sets], *[f"in images {s}" for s in sets]]
+    out.print(_table(f"eda: {result['counts']}", columns, rows))
+    off = result["off_palette"]
+    out.print(f"off-palette mask pixels: mean {100 * off['mean_share']:.3f}%, max {100 * off['max_share']:.3f}%, "
+              f"{off['masks_with_off_palette']} of {off['masks']} masks")
+    out.print(f"figures and numbers: {result['out_dir']}")
+
+
+def _evaluate(result: dict) -> None:
+    from lunar_cli.classes import CLASS_NAMES
+
+    splits = result["splits"]
+    rows = [[f"IoU {n}", *[_num(splits[s]["iou"].get(n)) for s in splits]] for n in CLASS_NAMES]
+    rows += [["mIoU", *[_num(splits[s]["miou"]) for s in splits]],
+             ["pixel accuracy", *[_num(splits[s]["pixel_accuracy"]) for s in splits]],
+             ["images", *[splits[s]["images"] for s in splits]]]
+    out.print(_table(f"evaluate {result['model']}", ["metric", *splits], rows))
+    out.print(f"files: {len(result['files'])} written beside the model (eval.json, confusion and prediction figures)")
+
+
+def _predict(result: dict) -> None:
+    records = result["records"]
+    out.print(f"model: {result['model']}")
+    for record in records[:20]:
+        fractions = "  ".join(f"{k} {100 * v:.1f}%" for k, v in record["class_fractions"].items())
+        out.print(f"{record['input']} -> {', '.join(record['output'])}  ({fractions})")
+        if "hazard" in record and record["hazard"].get("largest_safe_region"):
+            region = record["hazard"]["largest_safe_region"]
+            out.print(f"    safe ground: {100 * record['hazard']['safe_fraction']:.1f}%, largest safe circle at "
+                      f"{region['center_xy']} radius {region['radius_px']} px")
+    if len(records) > 20:
+        out.print(f"... and {len(records) - 20} more")
+    out.print(f"{len(records)} image(s) done, {result['written']} file(s) written, {len(result['failed'])} failed")
+
+
+def _compare(result: dict) -> None:
+    out.print(result["table"])
+    out.print(f"figures: {', '.join(result['files'])}")
+
+
+RENDERERS: dict[str, Callable[[dict], None]] = {"fetch": _fetch, "split": _split, "train": _train, "eda": _eda, "evaluate": _evaluate,
+                                            "predict": _predict, "compare": _compare}
 
 
 def show(command: str, result: dict) -> None:

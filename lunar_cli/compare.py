@@ -1,0 +1,311 @@
+"""Comparing trained runs behind ``lunar compare``: curves, test and real mIoU, predictions, a ranked table.
+
+Reproduces the study's comparison figures in one command. Each run's scores come from
+its ``eval.json``; a run not yet evaluated on a split (or evaluated on an older
+``best.pt``, another data folder or a ``--limit`` subset) is evaluated first. Runs are
+ranked by mIoU on the real photos, the question the study asks, then on rendered test.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from lunar_cli.console import LunarError, info, warn
+
+if TYPE_CHECKING:
+    from lunar_cli.data.cache import CachedSplit
+
+SCORE_SPLITS = ("test", "test_real")
+TABLE_COLUMNS = [
+    ("rank", "rank"), ("run", "run"), ("backbone", "backbone"), ("parameters", "params"),
+    ("best_epoch", "best epoch"), ("best_val_miou", "best val mIoU"), ("test_miou", "test mIoU"),
+    ("test_real_miou", "real mIoU"), ("train_seconds", "train s"),
+]  # fmt: skip
+
+
+def find_runs(runs: Sequence[Path] | None, runs_dir: Path) -> list[Path]:
+    """Return the run folders to compare: those given (a path or a name under runs/train), or all with a best.pt."""
+    train_dir = Path(runs_dir) / "train"
+    if not runs:
+        found = sorted(p.parent for p in train_dir.glob("*/best.pt")) if train_dir.is_dir() else []
+        if not found:
+            raise LunarError(f"no trained runs under {train_dir}: run lunar train")
+        return found
+    folders = []
+    for run in runs:
+        run = Path(run)
+        if not run.exists() and (train_dir / run).is_dir():
+            run = train_dir / run  # a bare run name, as listed under runs/train
+        if not (run / "best.pt").is_file():
+            raise LunarError(f"{run}: not a run folder with best.pt; give folders under {train_dir} (or their names)")
+        folders.append(run)
+    return list(dict.fromkeys(folders))
+
+
+def run_labels(folders: Sequence[Path]) -> list[str]:
+    """Return a short, unique label per run: its folder name, with its parent's name where two clash."""
+    names = [f.name for f in folders]
+    return [f"{f.parent.name}/{f.name}" if names.count(f.name) > 1 else f.name for f in folders]
+
+
+def read_history(run: Path) -> list[dict[str, Any]]:
+    """Return the rows of a run's history.csv with numbers parsed (empty cells: None); [] if absent."""
+    path = Path(run) / "history.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return [{k: _number(v) for k, v in row.items()} for row in rows]
+
+
+def read_metrics(run: Path) -> dict:
+    """Return a run's metrics.json, or {} if it is missing or unreadable."""
+    import json
+
+    path = Path(run) / "metrics.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        warn(f"{path}: unreadable; its run is compared without it")
+        return {}
+
+
+def scores_for(
+    run: Path, label: str, *, data_dir: Path, device: str, batch_size: int, available: Sequence[str], progress: bool,
+) -> dict[str, dict]:  # fmt: skip
+    """Return {split: results} for test and test_real of one run, evaluating the splits eval.json lacks."""
+    from lunar_cli.evaluate import current_splits, evaluate_model
+
+    checkpoint = Path(run) / "best.pt"
+    have = current_splits(checkpoint, data_dir)
+    missing = [s for s in SCORE_SPLITS if s in available and s not in have]
+    if missing:
+        info(f"{label}: no up-to-date {' and '.join(missing)} results in eval.json; evaluating now")
+        result = evaluate_model(
+            checkpoint, data_dir=data_dir, splits=missing, batch_size=batch_size, device=device, progress=progress
+        )
+        have.update(result["splits"])
+    return {s: have[s] for s in SCORE_SPLITS if s in have}
+
+
+def summary_row(run: Path, label: str, history: list[dict], metrics: dict, scores: dict[str, dict]) -> dict:
+    """Return one table row for a run: backbone, size, best epoch, val/test/real mIoU, training time."""
+    best = max(
+        (r for r in history if _finite(r.get("val_miou"))), key=lambda r: r["val_miou"], default=None
+    )
+    return {
+        "run": label,
+        "run_dir": str(run),
+        "backbone": metrics.get("backbone"),
+        "parameters": metrics.get("parameters"),
+        "best_epoch": metrics.get("best_epoch", best["epoch"] if best else None),
+        "best_val_miou": metrics.get("best_val_miou", best["val_miou"] if best else None),
+        "epochs_run": len(history) or metrics.get("epochs_run"),
+        "test_miou": scores.get("test", {}).get("miou"),
+        "test_real_miou": scores.get("test_real", {}).get("miou"),
+        "test_pixel_accuracy": scores.get("test", {}).get("pixel_accuracy"),
+        "test_real_pixel_accuracy": scores.get("test_real", {}).get("pixel_accuracy"),
+        "iou_test": scores.get("test", {}).get("iou"),
+        "iou_test_real": scores.get("test_real", {}).get("iou"),
+        "train_seconds": metrics.get("train_seconds", sum(r.get("epoch_seconds") or 0 for r in history) or None),
+    }
+
+
+def rank_rows(rows: list[dict]) -> list[dict]:
+    """Return ``rows`` sorted best first (real-photo mIoU, then rendered test mIoU; missing last), numbered."""
+
+    def key(row: dict) -> tuple:
+        real, test = row.get("test_real_miou"), row.get("test_miou")
+        return (-real if _finite(real) else math.inf, -test if _finite(test) else math.inf, row["run"])
+
+    return [{"rank": i, **row} for i, row in enumerate(sorted(rows, key=key), start=1)]
+
+
+def format_table(rows: list[dict]) -> str:
+    """Return the ranked rows as a Markdown table (also readable as plain text)."""
+    header = [title for _, title in TABLE_COLUMNS]
+    lines = [header] + [[_cell(key, row.get(key)) for key, _ in TABLE_COLUMNS] for row in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+
+    def fmt(cells: list[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    return "\n".join([fmt(lines[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, lines[1:])])
+
+
+def pick_images(split: "CachedSplit", count: int) -> list[int]:
+    """Return ``count`` cache rows spread evenly over the split (all rows if it has fewer)."""
+    n = len(split)
+    if count >= n:
+        return list(range(n))
+    return sorted({int(round(x)) for x in np.linspace(0, n - 1, count)})
+
+
+def side_by_side_predictions(
+    runs: Sequence[Path], *, data_dir: Path, split_name: str, n_images: int, device: str, progress: bool,
+) -> list[tuple[str, np.ndarray, np.ndarray, list[np.ndarray], list[float]]]:
+    """Return one (file name, image, truth, prediction per run, mIoU per run) per shown image.
+
+    Images and truths are shown at the first run's size; a run trained at another size
+    predicts at its own size and its map is resized (nearest) to the shown size.
+    """
+    import cv2
+    import torch
+
+    from lunar_cli.data.cache import build_or_load_cache
+    from lunar_cli.data.split import split_pairs
+    from lunar_cli.evaluate import image_matrices, predict_rows
+    from lunar_cli.inference import load_model
+    from lunar_cli.metrics import mean_iou
+    from lunar_cli.runtime import select_device
+
+    dev = select_device(device)
+    pairs = split_pairs(data_dir, split_name)
+    shown: "CachedSplit | None" = None
+    rows: list[int] = []
+    preds = []  # per run: (n_images, H, W) at the shown size
+    for run in runs:
+        loaded = load_model(Path(run) / "best.pt", dev, channels_last=True)
+        split = build_or_load_cache(pairs, loaded.image_size, Path(data_dir) / "cache", name=split_name, progress=progress)
+        if shown is None:
+            shown, rows = split, pick_images(split, n_images)
+        # Rows are matched by file: another size is another cache.
+        own = {f: i for i, f in enumerate(split.files)}
+        maps = predict_rows(loaded, split, [own[shown.files[r]] for r in rows])
+        h, w = shown.masks.shape[1:]
+        preds.append(np.stack([
+            m if m.shape == (h, w) else cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) for m in maps
+        ]))  # fmt: skip
+    assert shown is not None  # runs is never empty
+    truths = torch.from_numpy(np.stack([shown.masks[r] for r in rows]))
+    scores = [[mean_iou(m) for m in image_matrices(torch.from_numpy(p), truths)] for p in preds]
+    return [
+        (Path(shown.files[r]).name, shown.images[r], shown.masks[r], [p[i] for p in preds], [s[i] for s in scores])
+        for i, r in enumerate(rows)
+    ]
+
+
+def plot_side_by_side(path: Path, rows: list, model_names: Sequence[str], title: str) -> Path:
+    """Write one row per image: image | truth | each model's prediction (its mIoU below); return ``path``."""
+    from lunar_cli.plots import _figure, _finish, _mask_rgb, _pair, _panel_height, _show
+
+    if not rows:
+        raise LunarError(f"{path}: no images to compare predictions on")
+    columns = 2 + len(model_names)
+    panel = 3.2 if columns <= 4 else 2.6 if columns <= 6 else 2.1  # keeps wide grids within ~2000 px
+    heights = [panel * _panel_height(image) / 3.2 for _, image, *_ in rows]
+    fig = _figure(columns * panel, sum(heights) + 0.35 * len(rows) + 1.0)
+    axes = fig.subplots(len(rows), columns, squeeze=False, height_ratios=heights)
+    for r, (label, image, truth, preds, scores) in enumerate(rows):
+        image, truth = _pair(image, truth)
+        first = r == 0
+        _show(axes[r, 0], image, "image" if first else None)
+        _show(axes[r, 1], _mask_rgb(truth), "truth" if first else None)
+        axes[r, 0].set_ylabel(label, fontsize=8)
+        for c, (name, pred, score) in enumerate(zip(model_names, preds, scores), start=2):
+            _show(axes[r, c], _mask_rgb(_pair(image, pred)[1]), name if first else None)
+            axes[r, c].set_xlabel("mIoU n/a" if math.isnan(score) else f"mIoU {score:.2f}", fontsize=8)
+    return _finish(fig, path, title)
+
+
+def compare_runs(
+    runs: Sequence[Path] | None, *, runs_dir: Path, data_dir: Path, out_dir: Path | None = None,
+    device: str = "auto", batch_size: int = 8, n_images: int = 4, progress: bool = True,
+) -> dict:  # fmt: skip
+    """Compare trained runs: curves, test and real mIoU, predictions side by side, a ranked table.
+
+    Writes curves.png, miou.png, predictions.png, compare.json and compare.md into
+    ``out_dir`` (default ``runs_dir/compare``); returns compare.json's content plus "files".
+    """
+    from lunar_cli.evaluate import SPLIT_TITLES, manifest_counts
+    from lunar_cli.files import write_json_atomic, write_text_atomic
+    from lunar_cli.plots import plot_bar_comparison, plot_compare_curves
+
+    folders = find_runs(runs, runs_dir)
+    labels = run_labels(folders)
+    data_dir = Path(data_dir)
+    out_dir = Path(out_dir) if out_dir is not None else Path(runs_dir) / "compare"
+    counts = manifest_counts(data_dir)
+    available = [s for s in SCORE_SPLITS if counts[s] > 0]
+    if not available:
+        raise LunarError(f"no test or test_real images in {data_dir}/manifest.csv: run lunar split")
+    if "test_real" not in available:
+        warn(f"no real photos (test_real) in {data_dir}/manifest.csv; ranking on rendered test only")
+    if progress:
+        info(f"comparing {len(folders)} run(s): {', '.join(labels)}")
+
+    rows, histories, bars = [], {}, {}
+    for run, label in zip(folders, labels):
+        history = read_history(run)
+        if history:
+            histories[label] = history
+        else:
+            warn(f"{run}: no history.csv; its curves are left out")
+        scores = scores_for(
+            run, label, data_dir=data_dir, device=device, batch_size=batch_size, available=available,
+            progress=progress,
+        )  # fmt: skip
+        rows.append(summary_row(run, label, history, read_metrics(run), scores))
+        bars[label] = {SPLIT_TITLES[s]: scores.get(s, {}).get("miou") for s in available}
+    ranked = rank_rows(rows)
+
+    files = []
+    if histories:
+        files.append(plot_compare_curves(out_dir / "curves.png", histories, "loss and validation mIoU per epoch"))
+    files.append(plot_bar_comparison(
+        out_dir / "miou.png", bars, "mIoU on rendered test images and real photos", "mIoU"
+    ))  # fmt: skip
+    if n_images > 0:
+        shown_split = "test_real" if "test_real" in available else "test"
+        grid = side_by_side_predictions(
+            folders, data_dir=data_dir, split_name=shown_split, n_images=n_images, device=device, progress=progress
+        )
+        files.append(plot_side_by_side(
+            out_dir / "predictions.png", grid, labels, f"predictions on {SPLIT_TITLES[shown_split]}"
+        ))  # fmt: skip
+    table = format_table(ranked)
+    write_text_atomic(out_dir / "compare.md", f"# Runs ranked by real-photo mIoU, then test mIoU\n\n{table}\n")
+    files.append(out_dir / "compare.md")
+    files.append(out_dir / "compare.json")
+    result = {
+        "data_dir": str(data_dir),
+        "ranked_by": [s for s in ("test_real", "test") if s in available],
+        "rows": ranked,
+        "table": table,
+        "files": [str(f) for f in files],
+    }
+    write_json_atomic(out_dir / "compare.json", result)
+    if progress:  # the table itself is the command's result, printed on stdout by the CLI
+        info(f"comparison -> {out_dir}")
+    return result
+
+
+def _number(text: str | None) -> Any:
+    if text is None or text == "":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        return text
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "parameters":
+        return f"{value / 1e6:.2f}M"
+    if key == "train_seconds":
+        return f"{value:.1f}" if value < 100 else f"{value:.0f}"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)

@@ -1,0 +1,323 @@
+"""Scoring a trained model behind ``lunar evaluate``: IoU per class, mIoU, accuracy, figures.
+
+Each split is scored on its own (rendered ``test`` and real ``test_real`` answer
+different questions: how well the model learnt the renderer, and how well it transfers
+to photos). Scores come from one confusion matrix summed over the whole split, with the
+images read from the cache at the checkpoint's size and normalised as the checkpoint
+says, exactly as validation does during training.
+
+Results go to ``eval.json`` beside the checkpoint (the run folder for ``best.pt``),
+merged with earlier results for the same checkpoint, so evaluating ``val`` later keeps
+the test scores. A checkpoint other than ``best.pt`` gets ``<stem>_eval.json`` and
+``<stem>_``-prefixed figures, so two models in one folder never overwrite each other.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from lunar_cli.classes import CLASS_NAMES, NUM_CLASSES
+from lunar_cli.console import LunarError, info, warn
+
+if TYPE_CHECKING:
+    import torch
+
+    from lunar_cli.data.cache import CachedSplit
+    from lunar_cli.inference import LoadedModel
+
+DEFAULT_SPLITS = ("test", "test_real")
+SPLIT_TITLES = {"train": "train (rendered)", "val": "val (rendered)", "test": "test (rendered)", "test_real": "real photos"}
+
+
+def resolve_checkpoint(target: Path) -> Path:
+    """Return the checkpoint to score: a run folder's ``best.pt``, or ``target`` itself if it is a file."""
+    target = Path(target)
+    if target.is_dir():
+        for candidate in (target / "best.pt", target / "weights" / "best.pt"):
+            if candidate.is_file():
+                return candidate
+        raise LunarError(f"{target}: no best.pt in this run folder; train it first (lunar train) or give a checkpoint file")
+    if not target.is_file():
+        raise LunarError(f"{target}: no such run folder or checkpoint; give a run folder (runs/train/NAME) or a .pt file")
+    return target
+
+
+def results_path(checkpoint: Path, name: str) -> Path:
+    """Return where the result file ``name`` (eval.json, confusion_test.png, ...) of ``checkpoint`` goes."""
+    checkpoint = Path(checkpoint)
+    # A run's best.pt owns the run folder's eval.json; any other checkpoint gets its own prefix.
+    prefix = "" if checkpoint.name == "best.pt" else f"{checkpoint.stem}_"
+    return checkpoint.parent / f"{prefix}{name}"
+
+
+def checkpoint_fingerprint(checkpoint: Path) -> dict:
+    """Return the size and mtime of ``checkpoint``: results recorded under another fingerprint are stale."""
+    # best.pt is rewritten each time val mIoU improves (a resumed run), so scores of an
+    # older best.pt must never be merged with, or stand in for, scores of the new one.
+    st = Path(checkpoint).stat()
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def read_eval(checkpoint: Path) -> dict:
+    """Return the eval.json of ``checkpoint`` if it was written for this very file, else {}."""
+    path = results_path(checkpoint, "eval.json")
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        warn(f"{path}: unreadable ({exc}); it will be rewritten")
+        return {}
+    if not isinstance(saved, dict) or not isinstance(saved.get("splits"), dict):
+        warn(f"{path}: not a lunar eval.json; it will be rewritten")
+        return {}
+    if saved.get("checkpoint") != checkpoint_fingerprint(checkpoint):
+        return {}
+    return saved
+
+
+def current_splits(checkpoint: Path, data_dir: Path) -> dict[str, dict]:
+    """Return the split results in eval.json that are complete and belong to this checkpoint and data folder."""
+    here = str(Path(data_dir).resolve())
+    return {
+        name: result
+        for name, result in read_eval(checkpoint).get("splits", {}).items()
+        if isinstance(result, dict) and result.get("data_dir") == here and result.get("limit") is None
+    }
+
+
+def manifest_counts(data_dir: Path) -> dict[str, int]:
+    """Return how many image/mask pairs each split has in the manifest of ``data_dir``."""
+    from lunar_cli.data.split import SPLITS, read_manifest
+
+    rows = read_manifest(data_dir)
+    return {name: sum(1 for r in rows if r["split"] == name) for name in SPLITS}
+
+
+def splits_to_score(requested: Sequence[str], data_dir: Path) -> list[str]:
+    """Return the requested splits that have images, warning about the others (all empty: LunarError)."""
+    from lunar_cli.data.split import MANIFEST_NAME, SPLITS
+
+    requested = list(dict.fromkeys(requested))
+    if not requested:
+        raise LunarError("no split to evaluate: choose from " + ", ".join(SPLITS))
+    for name in requested:
+        if name not in SPLITS:
+            raise LunarError(f"unknown split {name!r}: choose one of {', '.join(SPLITS)}")
+    counts = manifest_counts(data_dir)
+    present = [name for name in requested if counts[name] > 0]
+    missing = [name for name in requested if counts[name] == 0]
+    if not present:
+        what = "has no images" if len(missing) == 1 else "have no images"
+        hint = "add real photos (real_moon_images/) and run lunar split" if "test_real" in missing else "run lunar split"
+        raise LunarError(f"split {' and '.join(missing)} {what} in {Path(data_dir) / MANIFEST_NAME}: {hint}")
+    for name in missing:
+        warn(f"split {name!r} has no images in {Path(data_dir) / MANIFEST_NAME}; skipped")
+    return present
+
+
+def image_matrices(pred: "torch.Tensor", target: "torch.Tensor", num_classes: int = NUM_CLASSES) -> "torch.Tensor":
+    """Return one (C, C) confusion matrix per image, shape (N, C, C), from (N, H, W) class maps.
+
+    One bincount for the whole batch: image i's counts sit in bins offset by i * (C*C + 1);
+    the extra bin per image takes the unlabeled (255) pixels and is cut off.
+    """
+    import torch
+
+    from lunar_cli.metrics import IGNORE_INDEX
+
+    n, bins = pred.shape[0], num_classes * num_classes + 1
+    target = target.reshape(n, -1).long()
+    cell = torch.where(target != IGNORE_INDEX, target * num_classes + pred.reshape(n, -1).long(), bins - 1)
+    cell = cell + torch.arange(n, device=cell.device).view(n, 1) * bins
+    counts = torch.bincount(cell.reshape(-1), minlength=n * bins).view(n, bins)
+    return counts[:, :-1].reshape(n, num_classes, num_classes)
+
+
+def miou_per_image(matrices: "torch.Tensor") -> np.ndarray:
+    """Return the mIoU of each (C, C) matrix in (N, C, C) (NaN for an image with no labelled pixel)."""
+    from lunar_cli.metrics import mean_iou
+
+    return np.array([mean_iou(m) for m in matrices.cpu()], dtype=np.float64)
+
+
+def score_split(
+    loaded: "LoadedModel", split: "CachedSplit", *, batch_size: int, limit: int | None, amp: bool,
+    progress: bool, name: str,
+) -> tuple["torch.Tensor", np.ndarray, np.ndarray]:  # fmt: skip
+    """Return (confusion matrix of the split, row numbers scored, mIoU of each of those images)."""
+    import torch
+
+    from lunar_cli.console import track
+    from lunar_cli.data.dataset import BatchLoader
+    from lunar_cli.inference import autocast
+    from lunar_cli.metrics import ConfusionMatrix
+
+    norm = loaded.meta["normalization"]
+    on_gpu = loaded.device.type == "cuda"
+    # The training's own val loader (no augmentation, in order): same pixels, same maths.
+    loader = BatchLoader(
+        split, batch_size=batch_size, shuffle=False, augment=None, mean=norm["mean"], std=norm["std"],
+        device=loaded.device, seed=0, limit=limit, channels_last=on_gpu,
+    )  # fmt: skip
+    matrix = ConfusionMatrix(NUM_CLASSES)
+    per_image: list[np.ndarray] = []
+    loaded.model.eval()
+    with torch.inference_mode():
+        for images, masks in track(loader, f"evaluating {name}", total=len(loader), quiet=not progress):
+            with autocast(loaded.device, amp):
+                logits = loaded.model(images)
+            pred = logits.argmax(dim=1)
+            matrix.update(pred, masks)  # also refuses masks with class indices out of range
+            per_image.append(miou_per_image(image_matrices(pred, masks)))
+    scores = np.concatenate(per_image) if per_image else np.zeros(0)
+    return matrix.matrix.cpu(), np.asarray(loader.indices), scores
+
+
+def best_and_worst(scores: np.ndarray, count: int) -> tuple[list[int], list[int]]:
+    """Return positions of up to ``count`` best and ``count`` worst scores, never the same image twice."""
+    ranked = [int(i) for i in np.argsort(-scores, kind="stable") if not math.isnan(scores[i])]
+    n_best = min(count, (len(ranked) + 1) // 2)
+    n_worst = min(count, len(ranked) - n_best)
+    return ranked[:n_best], ranked[len(ranked) - n_worst :][::-1]
+
+
+def predict_rows(loaded: "LoadedModel", split: "CachedSplit", rows: Sequence[int], amp: bool = True) -> np.ndarray:
+    """Return the predicted class maps (N, H, W) uint8 of cache rows ``rows``."""
+    from lunar_cli.inference import logits_for
+
+    if not rows:
+        return np.zeros((0, *split.masks.shape[1:]), np.uint8)
+    images = np.ascontiguousarray(split.images[list(rows)])
+    return logits_for(loaded, images, amp).argmax(dim=1).to("cpu").numpy().astype(np.uint8)
+
+
+def plot_best_and_worst(
+    path: Path, loaded: "LoadedModel", split: "CachedSplit", rows: np.ndarray, scores: np.ndarray,
+    count: int, title: str, amp: bool,
+) -> Path | None:  # fmt: skip
+    """Write the ``count`` best and worst predictions (image | truth | prediction); return the path."""
+    from lunar_cli.plots import plot_prediction_grid
+
+    best, worst = best_and_worst(scores, count)
+    if not best and not worst:
+        return None
+    chosen = [("best", p) for p in best] + [("worst", p) for p in worst]
+    preds = predict_rows(loaded, split, [int(rows[p]) for _, p in chosen], amp)
+    grid = []
+    for (kind, p), pred in zip(chosen, preds):
+        row = int(rows[p])
+        label = f"{kind}: mIoU {scores[p]:.2f}\n{Path(split.files[row]).name}"
+        grid.append((label, split.images[row], split.masks[row], pred))
+    return plot_prediction_grid(path, grid, title)
+
+
+def evaluate_model(
+    target: Path, *, data_dir: Path, splits: Sequence[str] = DEFAULT_SPLITS, batch_size: int = 8,
+    device: str = "auto", limit: int | None = None, workers: int | None = None, amp: bool = True, grid: int = 3,
+    skip_bad: bool = False, progress: bool = True,
+) -> dict:  # fmt: skip
+    """Score a trained model (run folder or checkpoint) on each split; write eval.json and figures; return the numbers.
+
+    Returns ``{"model", "backbone", "image_size", "splits": {name: {"miou", "pixel_accuracy",
+    "iou", "confusion_matrix", "images", ...}}, "files"}`` for the splits scored now.
+    A requested split with no images is skipped with a warning (an error if none is left).
+    """
+    from lunar_cli.data.cache import build_or_load_cache
+    from lunar_cli.data.split import split_pairs
+    from lunar_cli.files import write_json_atomic
+    from lunar_cli.inference import load_model
+    from lunar_cli.metrics import summarize
+    from lunar_cli.plots import plot_confusion_matrix
+    from lunar_cli.runtime import select_device
+
+    if batch_size < 1:
+        raise LunarError(f"batch size must be at least 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise LunarError(f"limit must be at least 1 image, got {limit}")
+    data_dir = Path(data_dir)
+    checkpoint = resolve_checkpoint(target)
+    names = splits_to_score(splits, data_dir)
+    dev = select_device(device)
+    loaded = load_model(checkpoint, dev, channels_last=True)
+    backbone = loaded.meta["backbone"]
+    # "vgg11 run unet3" reads better than "vgg11" alone when runs of one backbone are compared.
+    model_name = checkpoint.parent.name if checkpoint.name == "best.pt" else checkpoint.stem
+    shown = backbone if model_name == backbone else f"{model_name} ({backbone})"
+    if progress:
+        info(f"evaluating {checkpoint} ({backbone}, {loaded.image_size[1]}x{loaded.image_size[0]}) on {dev}")
+
+    results: dict[str, dict] = {}
+    files: list[str] = []
+    for name in names:
+        split = build_or_load_cache(
+            split_pairs(data_dir, name), loaded.image_size, data_dir / "cache", name=name, workers=workers,
+            skip_bad=skip_bad, progress=progress,
+        )  # fmt: skip
+        start = time.perf_counter()
+        matrix, rows, scores = score_split(
+            loaded, split, batch_size=batch_size, limit=limit, amp=amp, progress=progress, name=name
+        )
+        seconds = time.perf_counter() - start
+        summary = summarize(matrix, CLASS_NAMES)
+        results[name] = {
+            **summary,
+            "images": int(len(rows)),
+            "limit": limit,
+            "data_dir": str(data_dir.resolve()),
+            "seconds": seconds,
+            "images_per_second": len(rows) / max(seconds, 1e-9),
+            "worst_images": [
+                {"file": split.files[int(rows[p])], "miou": float(scores[p])} for p in best_and_worst(scores, grid)[1]
+            ],
+            "evaluated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        title = f"{shown} on {SPLIT_TITLES.get(name, name)}: mIoU {_fmt(summary['miou'])}"
+        files.append(str(plot_confusion_matrix(
+            results_path(checkpoint, f"confusion_{name}.png"), matrix.numpy(), CLASS_NAMES, title
+        )))  # fmt: skip
+        if grid > 0:
+            figure = plot_best_and_worst(
+                results_path(checkpoint, f"predictions_{name}.png"), loaded, split, rows, scores, grid,
+                f"{shown} on {SPLIT_TITLES.get(name, name)}: best and worst images by mIoU", amp,
+            )  # fmt: skip
+            if figure is not None:
+                files.append(str(figure))
+        if progress:
+            ious = "  ".join(f"{c} {_fmt(v)}" for c, v in summary["iou"].items())
+            info(
+                f"{name}: mIoU {_fmt(summary['miou'])}  pixel accuracy {_fmt(summary['pixel_accuracy'])}  "
+                f"[{ious}]  {len(rows)} images, {len(rows) / max(seconds, 1e-9):.1f} img/s"
+            )
+
+    eval_path = results_path(checkpoint, "eval.json")
+    saved = read_eval(checkpoint)  # {} when absent or written for another version of the file
+    record = {
+        "model": str(checkpoint),
+        "backbone": backbone,
+        "image_size": list(loaded.image_size),
+        "checkpoint": checkpoint_fingerprint(checkpoint),
+        "splits": {**saved.get("splits", {}), **results},
+        "files": sorted(set(saved.get("files", [])) | set(files) | {str(eval_path)}),
+    }
+    write_json_atomic(eval_path, record)
+    if progress:
+        info(f"results -> {eval_path}")
+    return {
+        "model": str(checkpoint),
+        "backbone": backbone,
+        "image_size": list(loaded.image_size),
+        "splits": results,
+        "files": [str(eval_path), *files],
+    }
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.3f}"

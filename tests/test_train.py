@@ -1,0 +1,155 @@
+"""lunar train as a user runs it: files written, loss going down, exact resume, Ctrl-C, DDP, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lunar_cli.config import load_config
+from lunar_cli.console import LunarError
+from lunar_cli.data.split import make_split
+from lunar_cli.train import train
+from tests.conftest import make_dataset
+
+RUN_FILES = ["best.pt", "last.pt", "history.csv", "curves.png", "metrics.json", "config.yaml"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    root = make_dataset(tmp_path_factory.mktemp("train") / "data", n_render=24, n_real=2, size=(64, 64))
+    make_split(root)
+    return root
+
+
+def sections(**train_overrides):
+    flat = {"data.image_size": 64, "train.batch_size": 4, "train.epochs": 3, "train.deterministic": True}
+    flat.update({f"train.{k}": v for k, v in train_overrides.items()})
+    cfg = load_config(None, flat)
+    return cfg.train, cfg.data
+
+
+def history(run_dir: Path) -> list[dict]:
+    with open(run_dir / "history.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:  # wall-clock columns differ between runs by nature
+        row.pop("epoch_seconds")
+        row.pop("images_per_second")
+    return rows
+
+
+def test_short_training_lowers_loss_and_writes_every_file(data_dir, tmp_path):
+    cfg, data = sections(epochs=4)
+    result = train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False)
+    run_dir = Path(result["run_dir"])
+    assert run_dir == tmp_path / "train" / "custom"
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+    rows = history(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["best_epoch"] == max(range(1, 5), key=lambda e: float(rows[e - 1]["val_miou"]))
+    assert 0.0 <= metrics["best_val_miou"] <= 1.0
+
+
+def test_run_names_increment_and_exist_ok(data_dir, tmp_path):
+    cfg, data = sections(epochs=1)
+    first = train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False)
+    second = train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False)
+    assert Path(first["run_dir"]).name == "custom" and Path(second["run_dir"]).name == "custom2"
+    cfg.exist_ok = True
+    third = train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False)
+    assert Path(third["run_dir"]).name == "custom"
+
+
+def test_resume_ends_with_the_same_history(data_dir, tmp_path):
+    cfg, data = sections(epochs=3, name="full")
+    full = train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=3, device="cpu", progress=False)
+    cfg, data = sections(epochs=1, name="part")
+    part = train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=3, device="cpu", progress=False)
+    resumed = train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False,
+                    resume=Path(part["run_dir"]), epochs_override=3)  # fmt: skip
+    assert resumed["run_dir"] == part["run_dir"]
+    assert history(Path(full["run_dir"])) == history(Path(part["run_dir"]))
+
+
+def test_ctrl_c_keeps_last_checkpoint_and_says_how_to_resume(data_dir, tmp_path, monkeypatch):
+    import lunar_cli.train as engine
+
+    real = engine.train_one_epoch
+    calls = {"n": 0}
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", interrupted)
+    cfg, data = sections(epochs=3)
+    with pytest.raises(LunarError, match=r"interrupted in epoch 2: .*last.pt holds epoch 1; continue with: lunar train --resume") as exc:
+        train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False)
+    assert exc.value.exit_code == 130
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    run_dir = tmp_path / "train" / "custom"
+    result = train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False,
+                   resume=run_dir)  # fmt: skip
+    assert result["epochs_run"] == 3
+
+
+def test_resume_refuses_another_architecture_and_weights_only_files(data_dir, tmp_path):
+    cfg, data = sections(epochs=1)
+    run = Path(train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False)["run_dir"])
+    with pytest.raises(LunarError, match="holds a custom model, not vgg11"):
+        train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False, resume=run,
+              requested_backbone="vgg11")  # fmt: skip
+    with pytest.raises(LunarError, match="weights only"):
+        train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False,
+              resume=run / "best.pt")  # fmt: skip
+
+
+def test_train_command_errors_are_one_line(cli, data_dir, tmp_path):
+    result = cli("train", "--data-dir", data_dir, "--runs-dir", tmp_path, "--backbone", "vgg12", "--epochs", "1")
+    assert result.code == 1 and "vgg11" in result.err and result.err.count("\n") == 1
+    result = cli("train", "--data-dir", data_dir, "--image-size", "100")
+    assert result.code == 1 and "multiple of 32" in result.err and "use 96" in result.err
+    result = cli("train", "--data-dir", tmp_path / "none", "--runs-dir", tmp_path)
+    assert result.code == 1 and "run lunar fetch" in result.err
+    result = cli("train", "--data-dir", data_dir, "--resume", tmp_path / "nope")
+    assert result.code == 1 and "nothing to resume" in result.err
+
+
+def test_empty_train_split_is_a_clear_error(tmp_path):
+    root = make_dataset(tmp_path / "data", n_render=4, n_real=0, size=(64, 64))
+    make_split(root, train=0.0, val=0.5)
+    cfg, data = sections(epochs=1)
+    with pytest.raises(LunarError, match="split 'train' is empty"):
+        train(cfg, data, data_dir=root, runs_dir=tmp_path, seed=0, device="cpu", progress=False)
+
+
+def test_train_json_output(cli, data_dir, tmp_path):
+    result = cli("train", "--data-dir", data_dir, "--runs-dir", tmp_path, "--epochs", "1", "--image-size", "64",
+                 "--batch-size", "8", "--limit", "8", "--json")  # fmt: skip
+    assert result.code == 0, result.err
+    payload = result.json()
+    assert payload["epochs_run"] == 1 and set(payload["best"]) >= {"val_miou", "iou_sky"}
+
+
+def test_two_process_ddp_on_gloo(data_dir, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "lunar_cli", "train", "--data-dir", str(data_dir), "--runs-dir", str(tmp_path), "--epochs", "2",
+           "--image-size", "64", "--batch-size", "4", "--device", "cpu", "--json"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run_dir = tmp_path / "train" / "custom"
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["custom"]  # one run dir, from rank 0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["epochs_run"] == 2
+    assert len(history(run_dir)) == 2
