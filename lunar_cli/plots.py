@@ -104,8 +104,12 @@ def plot_class_shares(path: Path, shares: dict[str, float], title: str, ylabel: 
     return _finish(fig, path, title, names=[n for n in names if n in CLASS_NAMES])
 
 
-def plot_heatmaps(path: Path, heatmaps: np.ndarray, title: str) -> Path:
-    """Write one panel per class of a (C, H, W) 0..1 map (e.g. probabilities), each with a colorbar."""
+def plot_heatmaps(path: Path, heatmaps: np.ndarray, title: str, shared_scale: bool = False) -> Path:
+    """Write one panel per class of a (C, H, W) 0..1 map (e.g. frequencies), each with a colorbar.
+
+    Each panel is scaled to its own maximum unless ``shared_scale``: rocks cover a few
+    percent of any location, and on a shared 0..1 scale their maps would look empty.
+    """
     maps = np.asarray(heatmaps, dtype=np.float32)
     if maps.ndim != 3:
         raise LunarError(f"{path}: heatmaps must be (classes, H, W), got shape {maps.shape}")
@@ -114,7 +118,8 @@ def plot_heatmaps(path: Path, heatmaps: np.ndarray, title: str) -> Path:
     fig = _figure(width * len(maps), width * maps.shape[1] / maps.shape[2] + 1.2)
     axes = np.atleast_1d(fig.subplots(1, len(maps)))
     for ax, name, heat in zip(axes, names, maps):
-        im = ax.imshow(heat, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        top = 1.0 if shared_scale else max(float(heat.max()), 1e-6)
+        im = ax.imshow(heat, cmap="viridis", vmin=0, vmax=top, interpolation="nearest")
         _frame(ax, name)
         fig.colorbar(im, ax=ax, shrink=0.8)
     return _finish(fig, path, title, names=[n for n in names if n in CLASS_NAMES])
