@@ -13,6 +13,12 @@ from typing import Any, Iterator
 from lunar_cli.console import LunarError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
@@ -29,6 +35,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
         raise LunarError(f"{path}: cannot write here ({exc.strerror}); choose another location") from exc
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files owner-only; results should read like any file
     try:
         yield tmp
         os.replace(tmp, path)
