@@ -108,9 +108,10 @@ def encode_mask(indices: np.ndarray) -> np.ndarray:
     return PALETTE[idx.astype(np.intp)]
 
 
-def read_image_rgb(path: Path) -> np.ndarray:
-    """Read an image file as (H, W, 3) uint8 RGB; grayscale, RGBA and 16-bit are converted.
+def decode_image_file(path: Path, what: str = "image") -> np.ndarray:
+    """Return the pixels of an image file as stored: (H, W) or (H, W, 3|4) in RGB(A) order, 8 or 16 bits.
 
+    JPEGs are turned upright by their EXIF orientation, as a photo viewer shows them.
     Raises LunarError naming the file when it is missing, empty or not a readable image.
     """
     import cv2
@@ -121,34 +122,31 @@ def read_image_rgb(path: Path) -> np.ndarray:
     if path.stat().st_size == 0:
         raise LunarError(f"{path}: file is empty")
     data = np.fromfile(str(path), dtype=np.uint8)  # fromfile copes with non-UTF-8 names
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    # IMREAD_UNCHANGED keeps alpha and 16 bits but ignores EXIF rotation; JPEGs have
+    # neither, so they are read with IMREAD_COLOR, which applies the orientation.
+    is_jpeg = data[:2].tobytes() == b"\xff\xd8"
+    flags = cv2.IMREAD_COLOR if is_jpeg else cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH
+    img = cv2.imdecode(data, flags)
     if img is None:
-        raise LunarError(f"{path}: not a readable image (corrupt, truncated or unsupported format)")
+        raise LunarError(f"{path}: not a readable {what} (corrupt, truncated or unsupported format)")
     if img.ndim == 3 and img.shape[2] == 4:
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
-    elif img.ndim == 3 and img.shape[2] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    return to_rgb_uint8(img, str(path))
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
+    if img.ndim == 3 and img.shape[2] == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
+
+
+def read_image_rgb(path: Path) -> np.ndarray:
+    """Read an image file as (H, W, 3) uint8 RGB; grayscale, RGBA and 16-bit are converted.
+
+    Raises LunarError naming the file when it is missing, empty or not a readable image.
+    """
+    return to_rgb_uint8(decode_image_file(path, "image"), str(path))
 
 
 def read_mask(path: Path) -> tuple[np.ndarray, float]:
     """Read a mask file; return (class indices (H, W) uint8, off-palette share)."""
-    import cv2
-
-    path = Path(path)
-    if not path.is_file():
-        raise LunarError(f"{path}: no such mask file")
-    if path.stat().st_size == 0:
-        raise LunarError(f"{path}: mask file is empty")
-    data = np.fromfile(str(path), dtype=np.uint8)
-    m = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
-    if m is None:
-        raise LunarError(f"{path}: not a readable mask image (corrupt, truncated or unsupported format)")
-    if m.ndim == 3 and m.shape[2] == 4:
-        m = cv2.cvtColor(m, cv2.COLOR_BGRA2RGBA)
-    elif m.ndim == 3 and m.shape[2] == 3:
-        m = cv2.cvtColor(m, cv2.COLOR_BGR2RGB)
-    return decode_mask(m, str(path))
+    return decode_mask(decode_image_file(path, "mask"), str(path))
 
 
 def write_png_atomic(path: Path, rgb_or_gray: np.ndarray) -> None:

@@ -87,3 +87,25 @@ def test_read_files_bgr_order_and_bad_files(tmp_path):
         read_image_rgb(tmp_path / "text.png")
     with pytest.raises(LunarError, match="no such file"):
         read_image_rgb(tmp_path / "missing.png")
+
+
+def jpeg_with_orientation(rgb: np.ndarray, orientation: int) -> bytes:
+    """Return a JPEG of ``rgb`` carrying an EXIF orientation tag (6 = rotate 90 degrees clockwise)."""
+    import struct
+
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    assert ok
+    tiff = b"II*\x00" + struct.pack("<I", 8) + struct.pack("<H", 1)
+    tiff += struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
+    app1 = b"Exif\x00\x00" + tiff
+    data = buf.tobytes()
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:]
+
+
+def test_jpeg_exif_rotation_is_applied(tmp_path):
+    rgb = np.zeros((40, 60, 3), np.uint8)
+    rgb[:, :30] = 255  # left half white
+    (tmp_path / "rot.jpg").write_bytes(jpeg_with_orientation(rgb, 6))
+    upright = read_image_rgb(tmp_path / "rot.jpg")
+    assert upright.shape == (60, 40, 3)  # turned as a viewer shows it
+    assert upright[:30].mean() > 200 and upright[30:].mean() < 50  # the white half is now on top

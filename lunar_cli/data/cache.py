@@ -138,29 +138,11 @@ def _decode_job(job: tuple[str, str, int, int]) -> tuple[bool, object]:
         return False, str(exc)
 
 
-def _init_worker() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one process per core already; cv2's own threads would oversubscribe
-
-
 def _decoded(jobs: list[tuple[str, str, int, int]], workers: int) -> Iterator[tuple[bool, object]]:
     """Yield the decode result of each job, in order, using ``workers`` processes (<=1: here)."""
-    if workers <= 1 or len(jobs) <= 1:
-        yield from map(_decode_job, jobs)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from lunar_cli.parallel import map_in_processes
 
-    # forkserver/spawn: forking a process that already runs torch or rich threads can deadlock.
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_init_worker)
-    chunk = max(1, min(16, len(jobs) // (workers * 8)))
-    try:
-        yield from pool.map(_decode_job, jobs, chunksize=chunk)
-    finally:
-        # On Ctrl-C or an error, drop the queued chunks instead of decoding them all first.
-        pool.shutdown(wait=True, cancel_futures=True)
+    return map_in_processes(_decode_job, jobs, workers, max_chunk=16)
 
 
 def _reserve(path: Path) -> None:

@@ -203,28 +203,11 @@ def _pair_job(job: tuple[str, str, str, int, int]) -> tuple[bool, object]:
         return False, str(exc)
 
 
-def _init_worker() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one process per core already; cv2's own threads would oversubscribe
-
-
 def _analysed(jobs: list[tuple], workers: int) -> Iterator[tuple[bool, object]]:
     """Yield the result of each job, in order, using ``workers`` processes (<=1: here)."""
-    if workers <= 1:
-        yield from map(_pair_job, jobs)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from lunar_cli.parallel import map_in_processes
 
-    # forkserver/spawn: forking a process that already runs rich or torch threads can deadlock.
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_init_worker)
-    chunk = max(1, min(32, len(jobs) // (workers * 8)))
-    try:
-        yield from pool.map(_pair_job, jobs, chunksize=chunk)
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)  # Ctrl-C: drop queued chunks
+    return map_in_processes(_pair_job, jobs, workers, max_chunk=32)
 
 
 # --- numbers ---------------------------------------------------------------------------

@@ -50,6 +50,15 @@ def _check_pair(data_dir: Path, image: Path, mask: Path) -> str | None:
     return None
 
 
+def _keep_or_report(scan: PairScan, kept: list, data_dir: Path, image: Path, mask: Path) -> None:
+    """Append the pair (relative POSIX paths) to ``kept``, or its problem to ``scan.problems``."""
+    problem = _check_pair(data_dir, image, mask)
+    if problem:
+        scan.problems.append(problem)
+    else:
+        kept.append((image.relative_to(data_dir).as_posix(), mask.relative_to(data_dir).as_posix()))
+
+
 def scan_pairs(data_dir: Path, mask_source: str = "clean") -> PairScan:
     """Find rendered and real image/mask pairs under ``data_dir``, checking each mate."""
     scan = PairScan()
@@ -64,11 +73,7 @@ def scan_pairs(data_dir: Path, mask_source: str = "clean") -> PairScan:
         mask = mask_dir / f"{mask_source}{number}{image.suffix}"
         if not mask.exists():
             mask = mask_dir / f"{mask_source}{number}.png"
-        problem = _check_pair(data_dir, image, mask)
-        if problem:
-            scan.problems.append(problem)
-        else:
-            scan.rendered.append((image.relative_to(data_dir).as_posix(), mask.relative_to(data_dir).as_posix()))
+        _keep_or_report(scan, scan.rendered, data_dir, image, mask)
     real_dir = data_dir / "real_moon_images"
     if real_dir.is_dir():
         photos = [p for p in real_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("g_")]
@@ -76,11 +81,7 @@ def scan_pairs(data_dir: Path, mask_source: str = "clean") -> PairScan:
             mask = real_dir / f"g_{image.name}"
             if not mask.exists():
                 mask = real_dir / f"g_{image.stem}.png"
-            problem = _check_pair(data_dir, image, mask)
-            if problem:
-                scan.problems.append(problem)
-            else:
-                scan.real.append((image.relative_to(data_dir).as_posix(), mask.relative_to(data_dir).as_posix()))
+            _keep_or_report(scan, scan.real, data_dir, image, mask)
     return scan
 
 
