@@ -469,9 +469,9 @@ def _report(result: dict, json_out: bool, command: str) -> None:
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit code, turning errors into one line each."""
     from lunar_cli.console import LunarError
-    from lunar_cli.runtime import prefer_passive_threads
+    from lunar_cli.runtime import set_environment_defaults
 
-    prefer_passive_threads()
+    set_environment_defaults()
 
     def say(message: str) -> None:
         from lunar_cli.console import err

@@ -331,7 +331,11 @@ def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = 
     """
     cfg = Config()
     if path is not None:
-        _apply(cfg, read_yaml(path), "")
+        values = read_yaml(path)
+        try:
+            _apply(cfg, values, "")
+        except LunarError as exc:  # name the file: the same key may also come from a flag
+            raise LunarError(f"config file {path}: {exc}", exc.exit_code) from exc
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     _apply(cfg, _nest(given), "")
     validate(cfg)

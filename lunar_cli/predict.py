@@ -144,24 +144,18 @@ def plan_outputs(paths: list[Path], output: Path, fmt: str, hazard: bool) -> lis
 def read_photo(path: Path) -> tuple[np.ndarray, str | None]:
     """Return (the photo as (H, W, 3) uint8 RGB, what was converted or None).
 
-    Grayscale, RGBA and 16-bit photos are converted (the note says which). Missing,
-    empty, corrupt or unsupported files are a LunarError naming the file.
+    Grayscale, RGBA and 16-bit photos are converted (the note says which); JPEGs are
+    turned upright by their EXIF orientation. Missing, empty, corrupt or unsupported
+    files are a LunarError naming the file.
     """
-    import cv2
-
-    from lunar_cli.classes import to_rgb_uint8
+    from lunar_cli.classes import decode_image_file, to_rgb_uint8
 
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise LunarError(f"{path}: unsupported format {path.suffix or '(no suffix)'}; use {' '.join(IMAGE_SUFFIXES)}")
-    if not path.is_file():
-        raise LunarError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise LunarError(f"{path}: file is empty")
-    data = np.fromfile(str(path), dtype=np.uint8)  # fromfile copes with non-UTF-8 names
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
-    if img is None:
-        raise LunarError(f"{path}: not a readable image (corrupt, truncated or not really {path.suffix})")
+    # The decoder training uses: JPEGs upright by their EXIF orientation, so the mask
+    # matches the photo as a viewer shows it and the model sees the sky on top.
+    img = decode_image_file(path, "image")
     notes = []
     if img.dtype == np.uint16:
         notes.append("16-bit")
@@ -169,9 +163,6 @@ def read_photo(path: Path) -> tuple[np.ndarray, str | None]:
         notes.append("grayscale")
     elif img.shape[2] == 4:
         notes.append("RGBA (alpha dropped)")
-        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
-    elif img.shape[2] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return to_rgb_uint8(img, str(path)), (" ".join(notes) or None)
 
 

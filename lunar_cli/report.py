@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from lunar_cli.console import out
 
@@ -104,6 +104,21 @@ RENDERERS: dict[str, Callable[[dict], None]] = {"fetch": _fetch, "split": _split
                                             "predict": _predict, "compare": _compare}
 
 
+def _printable(value: Any) -> Any:
+    """Return ``value`` with every string safe for a UTF-8 stdout: non-UTF-8 bytes of file names become \\xNN."""
+    if isinstance(value, str):
+        try:
+            raw = value.encode("utf-8", "surrogateescape")  # how Python holds undecodable name bytes
+        except UnicodeEncodeError:
+            raw = value.encode("utf-8", "backslashreplace")
+        return raw.decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {key: _printable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_printable(item) for item in value]
+    return value
+
+
 def show(command: str, result: dict) -> None:
     """Print the result of ``command`` for a person reading a terminal."""
-    RENDERERS[command](result)
+    RENDERERS[command](_printable(result))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
+from typing import IO
 
 from lunar_cli.console import LunarError
 
@@ -33,6 +35,40 @@ def make_run_dir(root: Path, name: str, exist_ok: bool = False) -> Path:
     except OSError as exc:
         raise LunarError(f"{root}: cannot create a run folder ({exc.strerror}); choose another --runs-dir") from exc
     raise LunarError(f"{root}: 10,000 runs named {name!r} already; choose another --name")
+
+
+def lock_run_dir(run_dir: Path) -> IO[str] | None:
+    """Return an open handle that holds an exclusive lock on ``run_dir``; close it to release.
+
+    A second training in the same folder (``--exist-ok``, or ``--resume`` of a run that is
+    still going) is refused in one line instead of overwriting the same checkpoints. The
+    OS drops the lock when the process ends, kill -9 included, so it is never stale.
+    None where file locks do not exist (Windows, some network file systems).
+    """
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        handle = open(Path(run_dir) / ".lock", "a+", encoding="utf-8")
+    except OSError as exc:
+        raise LunarError(f"{run_dir}: cannot open its lock file ({exc.strerror}); check the folder") from exc
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise LunarError(
+            f"{run_dir}: another lunar train (pid {holder}) is writing this run; wait for it, or use another --name"
+        ) from None
+    except OSError:  # a file system without locks (some network mounts): train unguarded, as before
+        handle.close()
+        return None
+    handle.truncate(0)
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 def latest_file(root: Path, filename: str) -> Path | None:

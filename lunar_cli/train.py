@@ -66,7 +66,8 @@ def make_loaders(
         barrier(dist)
     common = dict(
         mean=normalization["mean"], std=normalization["std"], device=device, seed=seed,
-        limit=data.limit, channels_last=channels_last, resident=False,
+        limit=data.limit, channels_last=channels_last,
+        resident=_fits_on_device(device, splits["train"].images.nbytes + splits["val"].images.nbytes),
     )  # fmt: skip
     train = BatchLoader(
         splits["train"], batch_size=batch_size, shuffle=True, drop_last=False,
@@ -78,11 +79,23 @@ def make_loaders(
     return Loaders(train, val, list(splits["train"].class_pixels))
 
 
+def _fits_on_device(device: "torch.device", nbytes: int) -> bool:
+    """True when the uint8 splits can live on the GPU (a quarter of its free memory at most).
+
+    Resident data makes each batch a device-side gather: no host reads or copies at all.
+    """
+    import torch
+
+    if device.type != "cuda":
+        return False
+    free, _total = torch.cuda.mem_get_info(device)
+    return nbytes * 1.2 < free / 4  # masks add a third of the image bytes; keep room for the model
+
+
 def make_criterion(loss: str, class_weights: Any, class_pixels: list[int], device: "torch.device"):
     """Return the loss function (logits, int64 masks) -> scalar for ``loss``."""
     import torch
     import torch.nn.functional as F
-    from segmentation_models_pytorch.losses import DiceLoss, FocalLoss
 
     weight = None
     if class_weights == "auto":
@@ -97,6 +110,8 @@ def make_criterion(loss: str, class_weights: Any, class_pixels: list[int], devic
 
     if loss == "ce":
         return cross_entropy
+    from segmentation_models_pytorch.losses import DiceLoss, FocalLoss  # ~1 s import, only when asked
+
     dice = DiceLoss(mode="multiclass", from_logits=True)
     if loss == "dice":
         return lambda logits, target: dice(logits.float(), target)
@@ -326,7 +341,7 @@ def train(
     from lunar_cli.files import write_json_atomic, write_text_atomic
     from lunar_cli.models.checkpoint import check_compatible, checkpoint_meta, load_checkpoint, save_checkpoint
     from lunar_cli.models.registry import build_model, friendly_name, normalization, smp_encoder_name
-    from lunar_cli.rundir import make_run_dir
+    from lunar_cli.rundir import lock_run_dir, make_run_dir
     from lunar_cli.runtime import broadcast, setup_distributed, teardown_distributed
 
     state = None
@@ -343,6 +358,7 @@ def train(
     backbone = friendly_name(cfg.backbone)
     encoder = smp_encoder_name(backbone)
     dist, dev = setup_distributed(device)
+    lock = None
     try:
         torch.manual_seed(seed)
         if cfg.deterministic:
@@ -362,6 +378,8 @@ def train(
         else:
             run_dir = None
         run_dir = Path(broadcast(str(run_dir) if run_dir else None, dist))
+        if dist.is_main:
+            lock = lock_run_dir(run_dir)  # one training per run folder
 
         norm = normalization(backbone)
         on_gpu = dev.type == "cuda"
@@ -515,4 +533,6 @@ def train(
             write_json_atomic(run_dir / "metrics.json", result)
         return result
     finally:
+        if lock is not None:
+            lock.close()
         teardown_distributed(dist)

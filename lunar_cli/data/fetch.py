@@ -111,7 +111,8 @@ def _file_list_sha256(root: Path) -> str:
         for path in (root / part).rglob("*"):
             if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
                 lines.append(f"{path.relative_to(root).as_posix()}\t{path.stat().st_size}\n")
-    return hashlib.sha256("".join(sorted(lines)).encode("utf-8")).hexdigest()
+    # surrogateescape: a file name that is not UTF-8 hashes as its raw bytes instead of crashing.
+    return hashlib.sha256("".join(sorted(lines)).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def _find_root(top: Path, where: str) -> Path:

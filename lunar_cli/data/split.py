@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,8 +34,16 @@ class PairScan:
     problems: list[str] = field(default_factory=list)
 
 
+def _printable(path: Path) -> str:
+    """Return ``path`` as text that any terminal or UTF-8 file can hold (non-UTF-8 bytes as \\xNN)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _check_pair(data_dir: Path, image: Path, mask: Path) -> str | None:
     """Return why the pair is unusable, or None when both files are whole and the same size."""
+    for path in (image, mask):
+        if _printable(path) != str(path):  # the manifest is UTF-8 text: it cannot name this file
+            return f"{_printable(path.relative_to(data_dir))}: file name is not valid UTF-8; rename the file"
     if not mask.is_file():
         return f"{image.relative_to(data_dir)}: no mask ({mask.relative_to(data_dir)} missing)"
     try:
@@ -146,15 +155,20 @@ def make_split(
 def read_manifest(data_dir: Path) -> list[dict[str, str]]:
     """Return the manifest rows of ``data_dir`` as dicts with image, mask and split."""
     path = Path(data_dir) / MANIFEST_NAME
+    # No dataset.json, no dataset: a fetch killed while replacing one can leave the old
+    # manifest beside half-moved files, and it must not be trained on.
+    if not (Path(data_dir) / "dataset.json").is_file():
+        raise LunarError(f"no dataset in {data_dir}/: run lunar fetch --source synthetic, then lunar split")
     if not path.is_file():
-        if not (Path(data_dir) / "dataset.json").is_file():
-            raise LunarError(f"no dataset in {data_dir}/: run lunar fetch --source synthetic, then lunar split")
         raise LunarError(f"no manifest in {data_dir}/: run lunar split")
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        if reader.fieldnames != ["image", "mask", "split"]:
-            raise LunarError(f"{path}: not a lunar manifest (header {reader.fieldnames}); run lunar split again")
-        rows = list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            if reader.fieldnames != ["image", "mask", "split"]:
+                raise LunarError(f"{path}: not a lunar manifest (header {reader.fieldnames}); run lunar split again")
+            rows = list(reader)
+    except UnicodeDecodeError as exc:
+        raise LunarError(f"{path}: not UTF-8 text (byte {exc.start}); run lunar split again") from exc
     for line, row in enumerate(rows, start=2):
         if row["split"] not in SPLITS or not row["image"] or not row["mask"]:
             raise LunarError(f"{path}:{line}: bad row {row}; run lunar split again")
