@@ -7,6 +7,7 @@ Each section is a dataclass whose fields carry their default and a one-line comm
 from __future__ import annotations
 
 import dataclasses
+import enum
 import difflib
 import types
 import typing
@@ -323,6 +324,15 @@ def parse_class_weights(text: str | None) -> Union[List[float], str, None]:
         raise LunarError(f"--class-weights {text!r}: give auto or 4 numbers like 1,1,5,5") from exc
 
 
+def _plain_flag(value: Any) -> Any:
+    """Return a flag value as the config stores it: choice Enums (as Typer gives them) become their values."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list):
+        return [_plain_flag(v) for v in value]
+    return value
+
+
 def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
     """Build the config: defaults, then the YAML file at ``path``, then ``overrides``.
 
@@ -336,7 +346,7 @@ def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = 
             _apply(cfg, values, "")
         except LunarError as exc:  # name the file: the same key may also come from a flag
             raise LunarError(f"config file {path}: {exc}", exc.exit_code) from exc
-    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    given = {k: _plain_flag(v) for k, v in (overrides or {}).items() if v is not None}
     _apply(cfg, _nest(given), "")
     validate(cfg)
     return cfg
