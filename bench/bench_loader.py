@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-BEGIN, END = "<!-- bench_loader:begin -->", "<!-- bench_loader:end -->"
 
 
 def make_pairs(root: Path, count: int, width: int = 720, height: int = 480, seed: int = 0) -> list[tuple[Path, Path]]:
@@ -203,19 +202,6 @@ def machine() -> str:
     return f"{cpu}, {cores} cores, torch {torch.__version__} ({threads} threads), Python {platform.python_version()}"
 
 
-def write_results(section: str) -> None:
-    """Replace (or append) this benchmark's section of bench/RESULTS.md, atomically."""
-    from lunar_cli.files import write_text_atomic
-
-    old = RESULTS.read_text(encoding="utf-8") if RESULTS.is_file() else "# Benchmarks\n"
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
-    if BEGIN in old and END in old:
-        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END) :]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    write_text_atomic(RESULTS, new)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, help="dataset folder (default: generate 720x480 data in a temp dir)")
@@ -280,7 +266,9 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_results(text)
+        from bench_results import update_section
+
+        update_section(RESULTS, "## Input pipeline", text)
         print(f"\nwrote {RESULTS}")
 
 

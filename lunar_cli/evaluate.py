@@ -25,6 +25,7 @@ import numpy as np
 
 from lunar_cli.classes import CLASS_NAMES, NUM_CLASSES
 from lunar_cli.console import LunarError, info, warn
+from lunar_cli.metrics import predicted_classes
 
 if TYPE_CHECKING:
     import torch
@@ -174,7 +175,7 @@ def score_split(
         for images, masks in track(loader, f"evaluating {name}", total=len(loader), quiet=not progress):
             with autocast(loaded.device, amp):
                 logits = loaded.model(images)
-            pred = logits.argmax(dim=1)
+            pred = predicted_classes(logits, dim=1)
             matrix.update(pred, masks)  # also refuses masks with class indices out of range
             per_image.append(miou_per_image(image_matrices(pred, masks)))
     scores = np.concatenate(per_image) if per_image else np.zeros(0)
@@ -196,7 +197,7 @@ def predict_rows(loaded: "LoadedModel", split: "CachedSplit", rows: Sequence[int
     if not rows:
         return np.zeros((0, *split.masks.shape[1:]), np.uint8)
     images = np.ascontiguousarray(split.images[list(rows)])
-    return logits_for(loaded, images, amp).argmax(dim=1).to("cpu").numpy().astype(np.uint8)
+    return predicted_classes(logits_for(loaded, images, amp), dim=1).to("cpu").numpy().astype(np.uint8)
 
 
 def plot_best_and_worst(

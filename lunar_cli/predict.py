@@ -21,6 +21,7 @@ import numpy as np
 
 from lunar_cli.classes import CLASS_NAMES, encode_mask
 from lunar_cli.console import LunarError, info, track, warn
+from lunar_cli.metrics import predicted_classes
 
 if TYPE_CHECKING:
     import torch
@@ -241,7 +242,7 @@ def classify(logits: "torch.Tensor", size: tuple[int, int], want_probs: bool) ->
     with torch.inference_mode():
         if tuple(logits.shape[-2:]) != tuple(size):
             logits = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
-        indices = logits.argmax(0).to(torch.uint8).cpu().numpy()
+        indices = predicted_classes(logits, dim=0).to(torch.uint8).cpu().numpy()
         probs = logits.float().softmax(0).half().cpu().numpy() if want_probs else None
     return indices, probs
 

@@ -143,3 +143,15 @@ def test_summarize_is_json_ready():
     assert empty["miou"] is None and empty["pixel_accuracy"] is None
     with pytest.raises(ValueError):
         summarize(torch.tensor(EXPECTED), CLASS_NAMES[:3])
+
+
+def test_predicted_classes_is_argmax_ties_included():
+    import torch
+
+    from lunar_cli.metrics import predicted_classes
+
+    logits = torch.randn(2, 4, 9, 7)
+    logits[0, :, 0, 0] = 1.0  # a four-way tie: the first class wins, as with argmax
+    logits[1, 1:3, 2, 2] = 5.0
+    assert torch.equal(predicted_classes(logits, dim=1), logits.argmax(dim=1))
+    assert predicted_classes(logits, dim=1)[0, 0, 0] == 0 and predicted_classes(logits, dim=1)[1, 2, 2] == 1
