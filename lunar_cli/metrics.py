@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 IGNORE_INDEX = 255  # mask value for unlabeled pixels: counted nowhere
 
 
-def predicted_classes(logits: "torch.Tensor", dim: int = 1) -> "torch.Tensor":
+def predicted_classes(logits: "Tensor", dim: int = 1) -> "Tensor":
     """Return the class index with the highest score along ``dim`` (first one on ties, like argmax).
 
     ``max(dim).indices`` gives argmax's answer; on the CPU torch build measured here it

@@ -18,9 +18,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from lunar_cli.classes import CLASS_NAMES, CLASSES, NUM_CLASSES
+from lunar_cli.classes import CLASS_NAMES, NUM_CLASSES
 from lunar_cli.config import DataConfig, TrainConfig, load_config
-from lunar_cli.console import LunarError, info, warn
+from lunar_cli.console import LunarError, info
 from lunar_cli.runtime import Dist
 
 if TYPE_CHECKING:

@@ -292,7 +292,7 @@ def ground_view(scene: Scene) -> GroundView:
     depth = depth + np.maximum(fh / FAR - below, 0) * 2.0  # on the hills: 2 m a row, so no frozen rows
     u = (xr - scene.width / 2) * depth / scene.focal
     texels = _texels_per_metre(scene)
-    rows, cols = texels * depth ** 2 / fh, texels * depth / scene.focal  # per pixel, down and across
+    rows = texels * depth**2 / fh  # texels per pixel down the image
     level = np.log2(np.maximum(rows, 1.0)) - 0.5  # mip level: blur where the ground is squeezed
     return GroundView(u.astype(np.float32), depth.astype(np.float32), level.astype(np.float32))
 
