@@ -190,29 +190,6 @@ def side_by_side_predictions(
     ]
 
 
-def plot_side_by_side(path: Path, rows: list, model_names: Sequence[str], title: str) -> Path:
-    """Write one row per image: image | truth | each model's prediction (its mIoU below); return ``path``."""
-    from lunar_cli.plots import _figure, _finish, _mask_rgb, _pair, _panel_height, _show
-
-    if not rows:
-        raise LunarError(f"{path}: no images to compare predictions on")
-    columns = 2 + len(model_names)
-    panel = 3.2 if columns <= 4 else 2.6 if columns <= 6 else 2.1  # keeps wide grids within ~2000 px
-    heights = [panel * _panel_height(image) / 3.2 for _, image, *_ in rows]
-    fig = _figure(columns * panel, sum(heights) + 0.35 * len(rows) + 1.0)
-    axes = fig.subplots(len(rows), columns, squeeze=False, height_ratios=heights)
-    for r, (label, image, truth, preds, scores) in enumerate(rows):
-        image, truth = _pair(image, truth)
-        first = r == 0
-        _show(axes[r, 0], image, "image" if first else None)
-        _show(axes[r, 1], _mask_rgb(truth), "truth" if first else None)
-        axes[r, 0].set_ylabel(label, fontsize=8)
-        for c, (name, pred, score) in enumerate(zip(model_names, preds, scores), start=2):
-            _show(axes[r, c], _mask_rgb(_pair(image, pred)[1]), name if first else None)
-            axes[r, c].set_xlabel("mIoU n/a" if math.isnan(score) else f"mIoU {score:.2f}", fontsize=8)
-    return _finish(fig, path, title)
-
-
 def compare_runs(
     runs: Sequence[Path] | None, *, runs_dir: Path, data_dir: Path, out_dir: Path | None = None,
     device: str = "auto", batch_size: int = 8, n_images: int = 4, progress: bool = True,
@@ -224,7 +201,7 @@ def compare_runs(
     """
     from lunar_cli.evaluate import SPLIT_TITLES, manifest_counts
     from lunar_cli.files import write_json_atomic, write_text_atomic
-    from lunar_cli.plots import plot_bar_comparison, plot_compare_curves
+    from lunar_cli.plots import plot_bar_comparison, plot_compare_curves, plot_side_by_side_predictions
 
     folders = find_runs(runs, runs_dir)
     labels = run_labels(folders)
@@ -265,7 +242,7 @@ def compare_runs(
         grid = side_by_side_predictions(
             folders, data_dir=data_dir, split_name=shown_split, n_images=n_images, device=device, progress=progress
         )
-        files.append(plot_side_by_side(
+        files.append(plot_side_by_side_predictions(
             out_dir / "predictions.png", grid, labels, f"predictions on {SPLIT_TITLES[shown_split]}"
         ))  # fmt: skip
     table = format_table(ranked)

@@ -409,3 +409,27 @@ def _compact(value: float) -> str:
         if value >= limit:
             return f"{value / limit:.1f}{suffix}"
     return f"{int(value)}"
+
+
+def plot_side_by_side_predictions(path: Path, rows: list, model_names: Sequence[str], title: str) -> Path:
+    """Write one row per image: image | truth | each model's prediction (its mIoU below); return ``path``.
+
+    ``rows`` are (label, image, truth, [prediction per model], [mIoU per model]).
+    """
+    if not rows:
+        raise LunarError(f"{path}: no images to compare predictions on")
+    columns = 2 + len(model_names)
+    panel = 3.2 if columns <= 4 else 2.6 if columns <= 6 else 2.1  # keeps wide grids within ~2000 px
+    heights = [panel * _panel_height(image) / 3.2 for _, image, *_ in rows]
+    fig = _figure(columns * panel, sum(heights) + 0.35 * len(rows) + 1.0)
+    axes = fig.subplots(len(rows), columns, squeeze=False, height_ratios=heights)
+    for r, (label, image, truth, preds, scores) in enumerate(rows):
+        image, truth = _pair(image, truth)
+        first = r == 0
+        _show(axes[r, 0], image, "image" if first else None)
+        _show(axes[r, 1], _mask_rgb(truth), "truth" if first else None)
+        axes[r, 0].set_ylabel(label, fontsize=8)
+        for c, (name, pred, score) in enumerate(zip(model_names, preds, scores), start=2):
+            _show(axes[r, c], _mask_rgb(_pair(image, pred)[1]), name if first else None)
+            axes[r, c].set_xlabel("mIoU n/a" if math.isnan(score) else f"mIoU {score:.2f}", fontsize=8)
+    return _finish(fig, path, title)
