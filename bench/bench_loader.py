@@ -138,9 +138,10 @@ def naive_throughput(pairs, size: int, batch_size: int, workers: int, min_second
 
 def cached_throughput(split, batch_size: int, min_seconds: float, augment: bool, **kwargs) -> float:
     """Return images/s of the cached BatchLoader on the CPU."""
-    from lunar_cli.data.dataset import AugmentParams, BatchLoader
+    from lunar_cli.config import AugmentConfig
+    from lunar_cli.data.dataset import BatchLoader
 
-    loader = BatchLoader(split, batch_size=batch_size, shuffle=True, augment=AugmentParams() if augment else None,
+    loader = BatchLoader(split, batch_size=batch_size, shuffle=True, augment=AugmentConfig() if augment else None,
                          device="cpu", seed=0, **kwargs)
     epoch = [0]
 

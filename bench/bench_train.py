@@ -29,9 +29,11 @@ import torch
 import torch.nn.functional as F
 
 from lunar_cli.data.cache import CachedSplit
-from lunar_cli.data.dataset import AugmentParams, BatchLoader
+from lunar_cli.config import AugmentConfig
+from lunar_cli.data.dataset import BatchLoader
 from lunar_cli.models.registry import build_model, normalization
-from lunar_cli.train import make_criterion, make_optimizer, train_one_epoch
+from lunar_cli.recipe import make_criterion, make_optimizer
+from lunar_cli.train import train_one_epoch
 from lunar_cli.config import TrainConfig
 
 
@@ -75,7 +77,7 @@ def lunar_steps(backbone: str, split: CachedSplit, batch: int, steps: int) -> li
     cfg = TrainConfig(backbone=backbone)
     opt = make_optimizer(model, cfg)
     norm = normalization(backbone)
-    loader = BatchLoader(split, batch_size=batch, shuffle=True, augment=AugmentParams(), mean=norm["mean"],
+    loader = BatchLoader(split, batch_size=batch, shuffle=True, augment=AugmentConfig(), mean=norm["mean"],
                          std=norm["std"], device="cpu", seed=0, limit=batch * steps)  # fmt: skip
     criterion = make_criterion("ce", None, split.class_pixels, torch.device("cpu"))
     import contextlib

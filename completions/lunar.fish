@@ -58,7 +58,7 @@ complete -c lunar -n '__fish_seen_subcommand_from train' -l lr -r -d 'Learning r
 complete -c lunar -n '__fish_seen_subcommand_from train' -l scheduler -r -a 'none cosine step plateau' -d 'LR schedule'
 complete -c lunar -n '__fish_seen_subcommand_from train' -l name -r -d 'Run folder name under runs/train (default: the backbone)'
 complete -c lunar -n '__fish_seen_subcommand_from train' -l exist-ok -d 'Reuse runs/train/NAME if it exists'
-complete -c lunar -n '__fish_seen_subcommand_from train' -l resume -r -F -d 'Continue a run exactly: its folder or a last.pt'
+complete -c lunar -n '__fish_seen_subcommand_from train' -l resume -r -F -d 'Continue a run: its folder or a last.pt'
 complete -c lunar -n '__fish_seen_subcommand_from train' -l amp -l no-amp -d 'Mixed precision on GPU'
 complete -c lunar -n '__fish_seen_subcommand_from train' -l compile -d 'torch.compile the model'
 complete -c lunar -n '__fish_seen_subcommand_from train' -l deterministic -d 'Deterministic algorithms (exact resume)'

@@ -8,6 +8,7 @@ table on stdout, or JSON with ``--json``. Errors are one line on stderr and an e
 from __future__ import annotations
 
 import sys
+import typing
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -15,6 +16,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from lunar_cli import __version__
+from lunar_cli import config as options
 from lunar_cli.config import Config, load_config
 
 app = typer.Typer(
@@ -30,6 +32,19 @@ app = typer.Typer(
 _DEFAULTS = Config()
 
 
+def _choices(name: str, literal: Any) -> type[Enum]:
+    """Return a str Enum of a config Literal's values, as Typer wants fixed choices (declared in config.py)."""
+    return Enum(name, {value: value for value in typing.get_args(literal)}, type=str)
+
+
+MaskSource = _choices("MaskSource", options.MaskSource)
+Loss = _choices("Loss", options.Loss)
+Optim = _choices("Optim", options.Optimizer)
+Schedule = _choices("Schedule", options.Schedule)
+SplitName = _choices("SplitName", options.SplitName)
+OutputFormat = _choices("OutputFormat", options.OutputFormat)
+
+
 def _default(dotted: str) -> str:
     """Return the built-in default of a config key, for help texts."""
     node: Any = _DEFAULTS
@@ -38,9 +53,6 @@ def _default(dotted: str) -> str:
     return f"[default: {node}]"
 
 
-class MaskSource(str, Enum):
-    clean = "clean"
-    ground = "ground"
 
 
 ConfigOpt = Annotated[
@@ -51,25 +63,10 @@ SeedOpt = Annotated[Optional[int], typer.Option("--seed", help=f"Random seed. {_
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (for scripts).")]
 
 
-class Loss(str, Enum):
-    ce = "ce"
-    dice = "dice"
-    focal = "focal"
-    ce_dice = "ce+dice"
 
 
-class Optim(str, Enum):
-    auto = "auto"
-    adam = "adam"
-    adamw = "adamw"
-    sgd = "sgd"
 
 
-class Schedule(str, Enum):
-    none = "none"
-    cosine = "cosine"
-    step = "step"
-    plateau = "plateau"
 
 
 RunsDirOpt = Annotated[Optional[Path], typer.Option("--runs-dir", help=f"Runs folder. {_default('runs_dir')}")]
@@ -85,18 +82,8 @@ WorkersOpt = Annotated[
 ]
 
 
-class SplitName(str, Enum):
-    train = "train"
-    val = "val"
-    test = "test"
-    test_real = "test_real"
 
 
-class OutputFormat(str, Enum):
-    rgb = "rgb"
-    index = "index"
-    overlay = "overlay"
-    probs = "probs"
 
 
 def _version(value: bool) -> None:
@@ -271,7 +258,8 @@ def train(
     name: Annotated[Optional[str], typer.Option(help="Run folder name under runs/train (default: the backbone).")] = None,
     exist_ok: Annotated[Optional[bool], typer.Option("--exist-ok", help="Reuse runs/train/NAME if it exists.")] = None,
     resume: Annotated[
-        Optional[Path], typer.Option(help="Continue a run exactly: its folder or a last.pt.")
+        Optional[Path],
+        typer.Option(help="Continue a run: its folder or a last.pt. Other flags change it or are refused."),
     ] = None,
     amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision on GPU. [default: amp]")] = None,
     compile_model: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the model.")] = None,
@@ -288,39 +276,35 @@ def train(
 ) -> None:
     """Train a U-Net on the train split, keeping the best on validation IoU."""
     from lunar_cli.config import parse_class_weights
+    from lunar_cli.resume import load_train_config
     from lunar_cli.train import train as run_train
 
-    cfg = load_config(
-        config,
-        {
-            "train.backbone": backbone,
-            "train.encoder_weights": encoder_weights,
-            "train.epochs": epochs,
-            "train.batch_size": batch_size,
-            "data.image_size": image_size,
-            "data.limit": limit,
-            "data.workers": workers,
-            "train.patience": patience,
-            "train.loss": loss,
-            "train.class_weights": parse_class_weights(class_weights),
-            "train.optimizer": optimizer,
-            "train.lr": lr,
-            "train.scheduler": scheduler,
-            "train.name": name,
-            "train.exist_ok": exist_ok,
-            "train.amp": amp,
-            "train.compile": compile_model,
-            "train.deterministic": deterministic,
-            "seed": seed,
-            "device": device,
-            "data_dir": data_dir,
-            "runs_dir": runs_dir,
-        },
-    )
-    result = run_train(
-        cfg.train, cfg.data, data_dir=cfg.data_dir, runs_dir=cfg.runs_dir, seed=cfg.seed, device=cfg.device,
-        resume=resume, epochs_override=epochs, requested_backbone=backbone, progress=not json_out,
-    )
+    flags = {
+        "train.backbone": backbone,
+        "train.encoder_weights": encoder_weights,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "data.image_size": image_size,
+        "data.limit": limit,
+        "data.workers": workers,
+        "train.patience": patience,
+        "train.loss": loss,
+        "train.class_weights": parse_class_weights(class_weights),
+        "train.optimizer": optimizer,
+        "train.lr": lr,
+        "train.scheduler": scheduler,
+        "train.name": name,
+        "train.exist_ok": exist_ok,
+        "train.amp": amp,
+        "train.compile": compile_model,
+        "train.deterministic": deterministic,
+        "seed": seed,
+        "device": device,
+        "data_dir": data_dir,
+        "runs_dir": runs_dir,
+    }
+    cfg, changes = load_train_config(config, flags, resume)
+    result = run_train(cfg, resume=resume, changes=changes, progress=not json_out)
     _report(result, json_out, "train")
 
 

@@ -1,30 +1,39 @@
 """The one typed configuration: defaults, then a YAML file, then CLI flags, validated once.
 
-Each section is a dataclass whose fields carry their default and a one-line comment
-(the same comment ``example.yaml`` shows). Commands take the sections they need.
+Each section is a dataclass whose fields carry their default and a one-line comment:
+``example.yaml`` and the CLI's choices are rendered from them (``lunar_cli.config_tree``),
+so every option and every set of choices is declared here and nowhere else. Commands
+take the sections they need; library functions trust what they get.
+
+A resumed training adds one layer: defaults -> the run's saved config -> YAML -> flags
+(see ``ON_RESUME`` for what a changed value does then).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import enum
-import difflib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Literal, Mapping, Union
 
+from lunar_cli.config_tree import apply_mapping, as_plain, nest, read_yaml, render_yaml
 from lunar_cli.console import LunarError
 
 KAGGLE_DATASET = "romainpessia/artificial-lunar-rocky-landscape-dataset"
+
+# The fixed choices, each declared once: the dataclasses, the CLI and example.yaml use these.
+MaskSource = Literal["clean", "ground"]
+Optimizer = Literal["auto", "adam", "adamw", "sgd"]
+Schedule = Literal["none", "cosine", "step", "plateau"]
+Loss = Literal["ce", "dice", "focal", "ce+dice"]
+SplitName = Literal["train", "val", "test", "test_real"]
+OutputFormat = Literal["rgb", "index", "overlay", "probs"]
 
 
 @dataclass
 class FetchConfig:
     """Where the dataset comes from (``lunar fetch``)."""
 
-    source: str = "synthetic"  # synthetic | kaggle | path to a downloaded zip or unpacked folder
+    source: str = "synthetic"  # synthetic | kaggle | path to a downloaded zip or unpacked folder | drive:ID | https URL of a zip
     count: int = 300  # synthetic: number of rendered scenes to generate
     real_count: int = 12  # synthetic: number of "real-like" photos (the real dataset has 36)
     width: int = 480  # synthetic: image width in pixels (the real dataset is 720)
@@ -43,7 +52,7 @@ class SplitConfig:
     train: float = 0.49  # share of rendered images for training
     val: float = 0.21  # share for validation (model selection)
     test: float = 0.30  # share for the rendered test set
-    mask_source: Literal["clean", "ground"] = "clean"  # label folder: images/clean or images/ground
+    mask_source: MaskSource = "clean"  # label folder under images/
     strict: bool = False  # a missing or unreadable image/mask mate is an error, not a warning
 
 
@@ -79,13 +88,13 @@ class TrainConfig:
     encoder_weights: str = "imagenet"  # imagenet | none | path to a local encoder weights file (custom: none)
     epochs: int = 20  # passes over the train split
     batch_size: int = 8  # images per step (per process under torchrun)
-    optimizer: Literal["auto", "adam", "adamw", "sgd"] = "auto"  # auto: adam for custom, sgd for smp encoders
+    optimizer: Optimizer = "auto"  # auto: adam for custom, sgd for smp encoders
     lr: Union[float, None] = None  # learning rate; null: 1e-3 for adam/adamw, 1e-2 for sgd
     momentum: float = 0.9  # sgd momentum
     weight_decay: float = 0.0  # L2 penalty
-    scheduler: Literal["none", "cosine", "step", "plateau"] = "none"  # learning-rate schedule
-    loss: Literal["ce", "dice", "focal", "ce+dice"] = "ce"  # cross-entropy as in the study, or smp Dice/Focal
-    class_weights: Union[List[float], Literal["auto"], None] = None  # CE weights per class; auto: inverse frequency
+    scheduler: Schedule = "none"  # learning-rate schedule, stepped once per epoch
+    loss: Loss = "ce"  # cross-entropy as in the study, or smp Dice/Focal
+    class_weights: Union[List[float], Literal["auto"], None] = None  # CE weights per class, e.g. [1, 1, 5, 5]; auto: inverse pixel frequency
     patience: Union[int, None] = None  # stop after N epochs without a better val mIoU; null = never
     name: Union[str, None] = None  # run folder name under runs/train (default: the backbone, numbered)
     exist_ok: bool = False  # reuse runs/train/<name> instead of making <name>2, <name>3, ...
@@ -107,7 +116,7 @@ class EdaConfig:
 class EvaluateConfig:
     """Scoring a trained model (``lunar evaluate``)."""
 
-    splits: List[Literal["train", "val", "test", "test_real"]] = field(default_factory=lambda: ["test", "test_real"])  # splits to score, each on its own
+    splits: List[SplitName] = field(default_factory=lambda: ["test", "test_real"])  # splits to score, each on its own
     batch_size: int = 8  # images per forward pass
     grid: int = 3  # best and worst predictions shown per split
 
@@ -116,7 +125,7 @@ class EvaluateConfig:
 class PredictConfig:
     """Masks for new photos (``lunar predict``)."""
 
-    format: Literal["rgb", "index", "overlay", "probs"] = "rgb"  # palette mask | class-index PNG | overlay | probabilities .npz
+    format: OutputFormat = "rgb"  # palette mask, class-index PNG, overlay on the photo, or probabilities (.npz)
     tile: bool = False  # sliding-window inference at the model's resolution (large frames, bounded memory)
     tile_overlap: float = 0.25  # overlap between tiles, as a share of the tile size
     hazard: bool = False  # also write a hazard/safe-ground map and the largest safe region
@@ -152,122 +161,6 @@ class Config:
     compare: CompareConfig = field(default_factory=CompareConfig)
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin in (list, tuple):
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Return ``value`` checked (and gently converted) to type ``tp``, or raise naming ``key``."""
-    origin = typing.get_origin(tp)
-    bad = LunarError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
-    if origin in (Union, types.UnionType):
-        for option in typing.get_args(tp):
-            try:
-                return _coerce(value, option, key)
-            except LunarError:
-                continue
-        raise bad
-    if origin is Literal:
-        if value in typing.get_args(tp):
-            return value
-        raise bad
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise bad
-        (item_tp, *_rest) = typing.get_args(tp)
-        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is type(None):
-        if value is None:
-            return None
-        raise bad
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise bad
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise bad
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise bad
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise bad
-    if tp is Path:
-        if isinstance(value, (str, Path)) and str(value):
-            return Path(value)
-        raise bad
-    raise bad
-
-
-def _suggest(key: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1)
-    return f"did you mean {close[0]!r}?" if close else f"valid keys: {', '.join(valid)}"
-
-
-def _apply(obj: Any, values: Mapping[str, Any], prefix: str) -> None:
-    """Set ``values`` (a nested mapping) onto dataclass ``obj``, validating every key."""
-    hints = typing.get_type_hints(type(obj))
-    names = [f.name for f in dataclasses.fields(obj)]
-    for raw_key, value in values.items():
-        key = str(raw_key).replace("-", "_")
-        full = f"{prefix}{key}"
-        if key not in names:
-            raise LunarError(f"unknown config key {full!r}: {_suggest(key, names)}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, Mapping):
-                raise LunarError(f"config key {full!r}: expected a section (mapping), got {value!r}")
-            _apply(getattr(obj, key), value, f"{full}.")
-        else:
-            setattr(obj, key, _coerce(value, tp, full))
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """Return the mapping in a YAML config file; empty file gives an empty mapping."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise LunarError(f"config file {path} not found: check the path given to --config")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise LunarError(f"config file {path}: invalid YAML{where}; fix the syntax") from exc
-    except UnicodeDecodeError as exc:
-        raise LunarError(f"config file {path}: not UTF-8 text") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise LunarError(f"config file {path}: expected a mapping of keys at the top level")
-    return data
-
-
-def _nest(dotted: Mapping[str, Any]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for key, value in dotted.items():
-        parts = key.split(".")
-        node = nested
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return nested
-
-
 def validate(cfg: Config) -> None:
     """Check relations between values that single types cannot express."""
     s = cfg.split
@@ -291,9 +184,9 @@ def validate(cfg: Config) -> None:
         )
     if d.limit is not None and d.limit < 1:
         raise LunarError(f"config key 'data.limit': must be at least 1, got {d.limit}")
-    for name in ("hflip", "vflip", "jitter_p"):
+    for name in ("hflip", "vflip", "jitter_p", "brightness", "contrast", "saturation"):
         if not 0.0 <= getattr(d.augment, name) <= 1.0:
-            raise LunarError(f"config key 'data.augment.{name}': a probability between 0 and 1")
+            raise LunarError(f"config key 'data.augment.{name}': must be between 0 and 1, got {getattr(d.augment, name)}")
     if not 0.0 <= d.augment.hue <= 0.5:
         raise LunarError("config key 'data.augment.hue': must be between 0 and 0.5")
     t = cfg.train
@@ -314,6 +207,34 @@ def validate(cfg: Config) -> None:
         raise LunarError(f"config key 'fetch.real_count': must be 0 or more, got {f.real_count}")
 
 
+
+
+# What ``lunar train --resume`` does with a value that differs from the run's saved one.
+# "refuse": a one-line error naming the flag (the value is part of the run's identity);
+# "apply": used, and said in one line; "note": used, and said with a warning that the
+# run no longer reproduces an uninterrupted one. Keys outside train/data/seed/device/
+# data_dir/runs_dir do not affect training and are ignored on resume.
+ON_RESUME: dict[str, tuple[str, str]] = {
+    "seed": ("refuse", "the seed fixes the run's shuffles and augmentation"),
+    "runs_dir": ("refuse", "a resumed run stays in its own folder"),
+    "train.name": ("refuse", "a resumed run stays in its own folder"),
+    "train.exist_ok": ("refuse", "a resumed run stays in its own folder"),
+    "train.backbone": ("refuse", "the architecture is fixed by the checkpoint"),
+    "train.encoder_weights": ("refuse", "the weights come from the checkpoint"),
+    "train.optimizer": ("refuse", "the optimiser state in last.pt belongs to the run's optimiser"),
+    "train.scheduler": ("refuse", "the schedule state in last.pt belongs to the run's schedule"),
+    "data.image_size": ("refuse", "it changes the cached training data"),
+    "data.limit": ("refuse", "it changes which images the run trains on"),
+    "data.skip_bad": ("refuse", "it changes which images the run trains on"),
+    "train.epochs": ("apply", ""),
+    "train.patience": ("apply", ""),
+    "data.workers": ("apply", ""),
+    "device": ("apply", ""),
+    "data_dir": ("note", "it must hold the same dataset"),
+}
+RESUME_SECTIONS = ("train.", "data.", "seed", "device", "data_dir", "runs_dir")
+
+
 def parse_class_weights(text: str | None) -> Union[List[float], str, None]:
     """Return class weights from a flag: ``auto``, or four comma-separated numbers."""
     if text is None or text.strip().lower() == "auto":
@@ -324,44 +245,46 @@ def parse_class_weights(text: str | None) -> Union[List[float], str, None]:
         raise LunarError(f"--class-weights {text!r}: give auto or 4 numbers like 1,1,5,5") from exc
 
 
-def _plain_flag(value: Any) -> Any:
-    """Return a flag value as the config stores it: choice Enums (as Typer gives them) become their values."""
-    if isinstance(value, enum.Enum):
-        return value.value
-    if isinstance(value, list):
-        return [_plain_flag(v) for v in value]
-    return value
-
-
-def load_config(path: Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Build the config: defaults, then the YAML file at ``path``, then ``overrides``.
+def load_config(
+    path: Path | None = None, overrides: Mapping[str, Any] | None = None, base: Mapping[str, Any] | None = None
+) -> Config:
+    """Build the config: defaults, then ``base`` (a saved run's config), then the YAML file at ``path``, then ``overrides``.
 
     ``overrides`` maps dotted keys (``"fetch.source"``) to values; ``None`` values are
     ignored so that flags the user did not give never mask the file.
     """
     cfg = Config()
+    if base:
+        apply_mapping(cfg, base)
     if path is not None:
-        values = read_yaml(path)
         try:
-            _apply(cfg, values, "")
+            apply_mapping(cfg, read_yaml(path))
         except LunarError as exc:  # name the file: the same key may also come from a flag
             raise LunarError(f"config file {path}: {exc}", exc.exit_code) from exc
-    given = {k: _plain_flag(v) for k, v in (overrides or {}).items() if v is not None}
-    _apply(cfg, _nest(given), "")
+    apply_mapping(cfg, nest({k: v for k, v in (overrides or {}).items() if v is not None}))
     validate(cfg)
     return cfg
 
 
 def as_dict(cfg: Any) -> dict[str, Any]:
-    """Return the config as plain YAML/JSON-ready values (paths as strings)."""
+    """Return the config (or one section) as plain YAML/JSON-ready values."""
+    return as_plain(cfg)
 
-    def plain(v: Any) -> Any:
-        if isinstance(v, Path):
-            return str(v)
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return v
 
-    return plain(dataclasses.asdict(cfg))
+EXAMPLE_HEADER = """\
+# lunar configuration: every option with its default and what it does.
+# Generated from lunar_cli/config.py by `python -m lunar_cli.config > example.yaml`; do not edit.
+# Use it with `lunar <command> --config example.yaml`; flags given on the command line override it.
+# Keys you leave out keep their defaults; unknown keys and wrong types are errors.
+"""
+
+
+def example_yaml() -> str:
+    """Return the text of example.yaml: every option at its default, with its comment and choices."""
+    return render_yaml(Config(), EXAMPLE_HEADER)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(example_yaml())

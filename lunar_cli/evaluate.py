@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from lunar_cli.classes import CLASS_NAMES, NUM_CLASSES
+from lunar_cli.config import EvaluateConfig
 from lunar_cli.console import LunarError, info, warn
 from lunar_cli.metrics import predicted_classes
 
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from lunar_cli.data.cache import CachedSplit
     from lunar_cli.inference import LoadedModel
 
-DEFAULT_SPLITS = ("test", "test_real")
+DEFAULT_SPLITS = tuple(EvaluateConfig().splits)
 SPLIT_TITLES = {"train": "train (rendered)", "val": "val (rendered)", "test": "test (rendered)", "test_real": "real photos"}
 
 
@@ -107,11 +108,6 @@ def splits_to_score(requested: Sequence[str], data_dir: Path) -> list[str]:
     from lunar_cli.data.split import MANIFEST_NAME, SPLITS
 
     requested = list(dict.fromkeys(requested))
-    if not requested:
-        raise LunarError("no split to evaluate: choose from " + ", ".join(SPLITS))
-    for name in requested:
-        if name not in SPLITS:
-            raise LunarError(f"unknown split {name!r}: choose one of {', '.join(SPLITS)}")
     counts = manifest_counts(data_dir)
     present = [name for name in requested if counts[name] > 0]
     missing = [name for name in requested if counts[name] == 0]
@@ -158,7 +154,7 @@ def score_split(
 
     from lunar_cli.console import track
     from lunar_cli.data.dataset import BatchLoader
-    from lunar_cli.inference import autocast
+    from lunar_cli.runtime import autocast_for
     from lunar_cli.metrics import ConfusionMatrix
 
     norm = loaded.meta["normalization"]
@@ -173,7 +169,7 @@ def score_split(
     loaded.model.eval()
     with torch.inference_mode():
         for images, masks in track(loader, f"evaluating {name}", total=len(loader), quiet=not progress):
-            with autocast(loaded.device, amp):
+            with autocast_for(loaded.device, amp)[0]():
                 logits = loaded.model(images)
             pred = predicted_classes(logits, dim=1)
             matrix.update(pred, masks)  # also refuses masks with class indices out of range
@@ -239,10 +235,6 @@ def evaluate_model(
     from lunar_cli.plots import plot_confusion_matrix
     from lunar_cli.runtime import select_device
 
-    if batch_size < 1:
-        raise LunarError(f"batch size must be at least 1, got {batch_size}")
-    if limit is not None and limit < 1:
-        raise LunarError(f"limit must be at least 1 image, got {limit}")
     data_dir = Path(data_dir)
     checkpoint = resolve_checkpoint(target)
     names = splits_to_score(splits, data_dir)

@@ -6,7 +6,6 @@ from the checkpoint (size, normalisation) and is never re-specified by the user.
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,16 +71,6 @@ def load_model(path: Path, device: "torch.device | str" = "cpu", channels_last: 
     return LoadedModel(model=model, meta=ckpt["meta"], path=Path(path), device=device)
 
 
-def autocast(device: "torch.device", amp: bool = True):
-    """Return a context manager for mixed-precision inference on GPU (a no-op elsewhere)."""
-    import torch
-
-    if not amp or device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
-
-
 def to_input(images: "torch.Tensor | np.ndarray", meta: dict, device: "torch.device") -> "torch.Tensor":
     """Return uint8 RGB images (N, H, W, 3) as normalised float (N, 3, H, W) on ``device``."""
     import torch
@@ -97,5 +86,7 @@ def logits_for(loaded: LoadedModel, images: Any, amp: bool = True) -> "torch.Ten
     """Return float32 logits (N, C, H, W) for uint8 images (N, H, W, 3) already at the model's size."""
     import torch
 
-    with torch.inference_mode(), autocast(loaded.device, amp):
+    from lunar_cli.runtime import autocast_for
+
+    with torch.inference_mode(), autocast_for(loaded.device, amp)[0]():
         return loaded.model(to_input(images, loaded.meta, loaded.device)).float()

@@ -284,18 +284,6 @@ def write_outputs(
     return written, summary
 
 
-def _check_options(fmt: str, tile_overlap: float, hazard_margin: int, batch_size: int) -> None:
-    """Raise LunarError for option values that cannot work."""
-    if fmt not in FORMATS:
-        raise LunarError(f"unknown --format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    if not 0.0 <= tile_overlap < 1.0:
-        raise LunarError(f"--tile-overlap {tile_overlap}: must be at least 0 and below 1 (e.g. 0.25)")
-    if hazard_margin < 0:
-        raise LunarError(f"--hazard-margin {hazard_margin}: must be 0 or more pixels")
-    if batch_size < 1:
-        raise LunarError(f"--batch-size {batch_size}: must be at least 1")
-
-
 def _make_plan(inputs, stdin, output, model, runs_dir, fmt, hazard) -> dict[str, Any]:
     """Return the whole job as plain values (inputs, output files, model, problems), for rank 0 to share."""
     from lunar_cli.inference import find_model
@@ -348,7 +336,6 @@ def run_predict(
     from lunar_cli.inference import load_model
     from lunar_cli.runtime import setup_distributed, teardown_distributed
 
-    _check_options(fmt, tile_overlap, hazard_margin, batch_size)
     dist, dev = setup_distributed(device)
     try:
         plan = _shared_plan(dist, lambda: _make_plan(inputs, stdin, output, model, runs_dir, fmt, hazard))

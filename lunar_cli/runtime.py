@@ -43,6 +43,22 @@ class Dist:
         return self.world_size > 1
 
 
+def autocast_for(device: "torch.device", amp: bool):
+    """Return (autocast context factory, GradScaler or None): mixed precision on GPU, fp32 elsewhere.
+
+    bf16 where the GPU supports it (no scaler needed), else fp16 with a GradScaler.
+    """
+    import contextlib
+
+    import torch
+
+    if not amp or device.type != "cuda":
+        return contextlib.nullcontext, None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+
+
 def select_device(name: str = "auto", local_rank: int = 0) -> "torch.device":
     """Return the torch device for ``name``: auto picks CUDA, then MPS, then CPU."""
     import torch

@@ -1,9 +1,11 @@
 """The training engine behind ``lunar train``: best model on val IoU, exact resume, torchrun/DDP.
 
-Reads top to bottom like torchvision's reference script: data -> model -> loss ->
-optimiser -> ``train_one_epoch`` -> ``validate`` -> ``train``. Everything a run needs to
-continue exactly is in ``last.pt``; ``best.pt`` holds the weights with the highest val
-mIoU. Only rank 0 writes files and logs.
+Reads top to bottom like torchvision's reference script: ``make_loaders`` ->
+``build_run`` -> ``restore`` -> ``train_one_epoch`` -> ``validate`` -> ``end_epoch`` ->
+``finish`` -> ``train``. A ``Run`` holds what is built once; a ``TrainState`` holds what
+changes every epoch, and ``last.pt`` holds both (with the config), so a run continues
+exactly. ``best.pt`` holds the weights with the highest val mIoU. Only rank 0 writes
+files and logs.
 """
 
 from __future__ import annotations
@@ -14,12 +16,12 @@ import io
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 from lunar_cli.classes import CLASS_NAMES, NUM_CLASSES
-from lunar_cli.config import DataConfig, TrainConfig, load_config
+from lunar_cli.config import Config, DataConfig, as_dict
 from lunar_cli.console import LunarError, info
 from lunar_cli.runtime import Dist
 
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     import torch
 
     from lunar_cli.data.dataset import BatchLoader
+    from lunar_cli.train_log import EpochProgress
 
 HISTORY_FIELDS = [
     "epoch", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy",
@@ -49,7 +52,7 @@ def make_loaders(
 ) -> Loaders:  # fmt: skip
     """Return train (augmented, shuffled, sharded) and val loaders over the cached splits."""
     from lunar_cli.data.cache import build_or_load_cache
-    from lunar_cli.data.dataset import AugmentParams, BatchLoader
+    from lunar_cli.data.dataset import BatchLoader
     from lunar_cli.data.split import split_pairs
     from lunar_cli.runtime import barrier
 
@@ -70,8 +73,8 @@ def make_loaders(
         resident=_fits_on_device(device, splits["train"].images.nbytes + splits["val"].images.nbytes),
     )  # fmt: skip
     train = BatchLoader(
-        splits["train"], batch_size=batch_size, shuffle=True, drop_last=False,
-        augment=AugmentParams(**asdict(data.augment)), rank=dist.rank, world_size=dist.world_size, **common,
+        splits["train"], batch_size=batch_size, shuffle=True, drop_last=False, augment=data.augment,
+        rank=dist.rank, world_size=dist.world_size, **common,
     )  # fmt: skip
     # Validation is not sharded: every rank scores the whole (small) val split, so the
     # metric is exact (no padding duplicates) and identical on all ranks.
@@ -92,127 +95,124 @@ def _fits_on_device(device: "torch.device", nbytes: int) -> bool:
     return nbytes * 1.2 < free / 4  # masks add a third of the image bytes; keep room for the model
 
 
-def make_criterion(loss: str, class_weights: Any, class_pixels: list[int], device: "torch.device"):
-    """Return the loss function (logits, int64 masks) -> scalar for ``loss``."""
-    import torch
-    import torch.nn.functional as F
+@dataclass
+class TrainState:
+    """What changes from epoch to epoch; saved in last.pt so that a run resumes where it stopped."""
 
-    weight = None
-    if class_weights == "auto":
-        counts = torch.tensor(class_pixels, dtype=torch.float64).clamp_min(1.0)
-        inverse = counts.sum() / (len(counts) * counts)
-        weight = (inverse / inverse.mean()).clamp(max=50.0).float().to(device)
-    elif class_weights is not None:
-        weight = torch.tensor(class_weights, dtype=torch.float32, device=device)
-
-    def cross_entropy(logits, target):
-        return F.cross_entropy(logits.float(), target, weight=weight)
-
-    if loss == "ce":
-        return cross_entropy
-    from segmentation_models_pytorch.losses import DiceLoss, FocalLoss  # ~1 s import, only when asked
-
-    dice = DiceLoss(mode="multiclass", from_logits=True)
-    if loss == "dice":
-        return lambda logits, target: dice(logits.float(), target)
-    if loss == "focal":
-        focal = FocalLoss(mode="multiclass")
-        return lambda logits, target: focal(logits.float(), target)
-    if loss == "ce+dice":
-        return lambda logits, target: cross_entropy(logits, target) + dice(logits.float(), target)
-    raise LunarError(f"unknown loss {loss!r}: choose ce, dice, focal or ce+dice")
+    epoch: int = 0  # the last finished epoch
+    history: list[dict] = field(default_factory=list)  # one row per finished epoch (HISTORY_FIELDS)
+    best_miou: float = -1.0  # best val mIoU so far (-1: none yet)
+    best_epoch: int = 0
+    stale: int = 0  # epochs since the best one
 
 
-def make_optimizer(model: "torch.nn.Module", cfg: TrainConfig) -> "torch.optim.Optimizer":
-    """Return the optimiser: Adam 1e-3 for custom and SGD 1e-2 for smp encoders unless set."""
-    import torch
+@dataclass
+class Run:
+    """What a training run builds once: where it writes, the model, and how it learns."""
 
-    kind = cfg.optimizer
-    if kind == "auto":
-        kind = "adam" if cfg.backbone == "custom" else "sgd"
-    lr = cfg.lr if cfg.lr is not None else (1e-2 if kind == "sgd" else 1e-3)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if kind == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    cfg: Config
+    dist: Dist
+    device: "torch.device"
+    run_dir: Path
+    backbone: str
+    model: "torch.nn.Module"  # the plain model: its weights are what checkpoints hold
+    net: "torch.nn.Module"  # the model as trained: wrapped in DDP and/or torch.compile
+    loaders: Loaders
+    optimizer: "torch.optim.Optimizer"
+    scheduler: Any
+    scaler: Any
+    autocast: Callable
+    criterion: Callable
+    meta: dict  # checkpoint_meta arguments that do not change during the run
 
 
-def make_scheduler(optimizer: "torch.optim.Optimizer", kind: str, epochs: int):
-    """Return a per-epoch learning-rate scheduler, or None."""
+def configure_torch(cfg: Config, device: "torch.device") -> None:
+    """Seed torch and choose deterministic or fast kernels for the run."""
     import torch
 
-    if kind == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    if kind == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.1)
-    if kind == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
-    return None
+    torch.manual_seed(cfg.seed)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        if device.type == "cuda":
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
-def autocast_for(device: "torch.device", amp: bool):
-    """Return (autocast context factory, GradScaler or None) for mixed precision on GPU."""
+def open_run_dir(cfg: Config, dist: Dist, resume_from: Path | None, backbone: str) -> Path:
+    """Return the run folder (the resumed run's, or a new runs/train/<name>N), the same on every rank."""
+    from lunar_cli.rundir import make_run_dir
+    from lunar_cli.runtime import broadcast
+
+    if resume_from is not None:
+        return resume_from.parent
+    run_dir = make_run_dir(Path(cfg.runs_dir) / "train", cfg.train.name or backbone, cfg.train.exist_ok) if dist.is_main else None
+    return Path(broadcast(str(run_dir) if run_dir else None, dist))
+
+
+def build_run(cfg: Config, dist: Dist, device: "torch.device", run_dir: Path, fresh: bool, progress: bool) -> Run:
+    """Return the run's data, model (on the device, wrapped for DDP/compile), optimiser, schedule and loss."""
     import torch
 
-    if not amp or device.type != "cuda":
-        return contextlib.nullcontext, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+    from lunar_cli.models.registry import build_model, friendly_name, normalization, smp_encoder_name
+    from lunar_cli.recipe import make_criterion, make_optimizer, make_scheduler
+    from lunar_cli.runtime import autocast_for
+
+    t, on_gpu = cfg.train, device.type == "cuda"
+    backbone = friendly_name(t.backbone)
+    norm = normalization(backbone)
+    channels_last = t.channels_last and on_gpu
+    loaders = make_loaders(
+        cfg.data_dir, cfg.data, batch_size=t.batch_size, normalization=norm, device=device, seed=cfg.seed,
+        dist=dist, channels_last=channels_last, progress=progress,
+    )  # fmt: skip
+    # A resumed run's weights come from its checkpoint: never download encoder weights for it.
+    weights = None if not fresh or backbone == "custom" or t.encoder_weights == "none" else t.encoder_weights
+    model = build_model(backbone, encoder_weights=weights).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, t)
+    net = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if on_gpu else None)
+    if t.compile:
+        net = torch.compile(net)
+    autocast, scaler = autocast_for(device, t.amp)
+    meta = dict(backbone=backbone, encoder=smp_encoder_name(backbone), image_size=cfg.data.image_size,
+                normalization=norm, model_kwargs={})  # fmt: skip
+    return Run(
+        cfg=cfg, dist=dist, device=device, run_dir=run_dir, backbone=backbone, model=model, net=net,
+        loaders=loaders, optimizer=optimizer, scheduler=make_scheduler(optimizer, t.scheduler, t.epochs),
+        scaler=scaler, autocast=autocast, criterion=make_criterion(t.loss, t.class_weights, loaders.class_pixels, device),
+        meta=meta,
+    )  # fmt: skip
 
 
-class EpochProgress:
-    """Per-epoch progress: a rich bar with loss, IoU and images/s on a terminal, log lines elsewhere."""
+def restore(run: Run, ckpt: dict) -> TrainState:
+    """Load a last.pt into the run (weights, optimiser, schedule, scaler, random state); return its state.
 
-    def __init__(self, enabled: bool, epochs: int) -> None:
-        from lunar_cli.console import err
+    The run's own config then sets the rate, momentum and weight decay, so values
+    changed on resume take effect.
+    """
+    from lunar_cli.recipe import set_hyperparameters
+    from lunar_cli.resume import set_rng_state
 
-        self.epochs = epochs
-        self.live = enabled and err.is_terminal
-        self.enabled = enabled
-        self._progress = None
-        if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=err, transient=True,
-            )  # fmt: skip
-            self._progress.start()
-
-    @contextlib.contextmanager
-    def epoch(self, epoch: int, batches: int) -> Iterator[Any]:
-        """Yield an ``update(done, stats)`` callable for one epoch."""
-        if self._progress is None:
-            yield lambda done, stats: None
-            return
-        task = self._progress.add_task(f"epoch {epoch}/{self.epochs}", total=batches, stats="")
-        try:
-            yield lambda done, stats: self._progress.update(task, completed=done, stats=stats)
-        finally:
-            self._progress.remove_task(task)
-
-    def log(self, row: dict) -> None:
-        """Print one line per finished epoch."""
-        if not self.enabled:
-            return
-        ious = " ".join(f"{n}={_fmt(row[f'iou_{n}'])}" for n in CLASS_NAMES)
-        info(
-            f"epoch {row['epoch']}/{self.epochs}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-            f"val_mIoU {_fmt(row['val_miou'])}  [{ious}]  {row['images_per_second']:.1f} img/s  "
-            f"{row['epoch_seconds']:.1f}s"
-        )
-
-    def close(self) -> None:
-        """Stop the live display."""
-        if self._progress is not None:
-            self._progress.stop()
-
-
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    saved = ckpt["train_state"]
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    if run.scheduler is not None and saved.get("scheduler") is not None:
+        run.scheduler.load_state_dict(saved["scheduler"])
+    if run.scaler is not None and saved.get("scaler") is not None:
+        run.scaler.load_state_dict(saved["scaler"])
+    set_hyperparameters(run.optimizer, run.scheduler, run.cfg.train)
+    set_rng_state(saved["rng"])
+    return TrainState(epoch=saved["epoch"], history=list(saved["history"]), best_miou=saved["best_miou"],
+                      best_epoch=saved["best_epoch"], stale=saved["stale"])  # fmt: skip
 
 
 def train_one_epoch(
@@ -246,8 +246,8 @@ def train_one_epoch(
     return float(total.item() / max(seen, 1)), seen, seconds
 
 
-def validate(model, loader: "BatchLoader", criterion, autocast) -> tuple[float, dict, "torch.Tensor"]:
-    """Return (mean loss, metrics summary, confusion matrix) of ``model`` on the whole loader."""
+def validate(model, loader: "BatchLoader", criterion, autocast) -> tuple[float, dict]:
+    """Return (mean loss, metrics summary) of ``model`` on the whole loader."""
     import torch
 
     from lunar_cli.metrics import ConfusionMatrix, summarize
@@ -262,25 +262,83 @@ def validate(model, loader: "BatchLoader", criterion, autocast) -> tuple[float, 
             total += float(criterion(logits, masks)) * images.shape[0]
             seen += images.shape[0]
             matrix.update(logits, masks)
-    return total / max(seen, 1), summarize(matrix.matrix, CLASS_NAMES), matrix.matrix
+    return total / max(seen, 1), summarize(matrix.matrix, CLASS_NAMES)
 
 
-def _rng_state() -> dict:
+def run_epoch(run: Run, epoch: int, bar: "EpochProgress") -> dict:
+    """Train and validate one epoch, step the schedule; return the epoch's history row."""
     import torch
 
-    state = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+    from lunar_cli.runtime import all_reduce_sum
+
+    run.loaders.train.set_epoch(epoch)
+    with bar.epoch(epoch, len(run.loaders.train)) as update:
+        train_loss, seen, seconds = train_one_epoch(
+            run.net, run.loaders.train, run.criterion, run.optimizer, run.scaler, run.autocast, update
+        )
+    if run.dist.enabled:
+        totals = all_reduce_sum(torch.tensor([train_loss * seen, seen], dtype=torch.float64), run.dist)
+        train_loss, seen = float(totals[0] / totals[1]), int(totals[1])
+    val_loss, summary = validate(run.model, run.loaders.val, run.criterion, run.autocast)
+    lr = run.optimizer.param_groups[0]["lr"]
+    if run.scheduler is not None:
+        miou = summary["miou"] if summary["miou"] is not None else float("nan")
+        run.scheduler.step(miou) if run.cfg.train.scheduler == "plateau" else run.scheduler.step()
+    return {
+        "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_miou": summary["miou"],
+        "val_pixel_accuracy": summary["pixel_accuracy"], **{f"iou_{n}": summary["iou"][n] for n in CLASS_NAMES},
+        "lr": lr, "epoch_seconds": seconds, "images_per_second": seen / max(seconds, 1e-9),
+    }  # fmt: skip
 
 
-def _set_rng_state(state: dict) -> None:
-    import torch
+def _checkpoint_meta(run: Run, state: TrainState) -> dict:
+    from lunar_cli.models.checkpoint import checkpoint_meta
 
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        with contextlib.suppress(RuntimeError):
-            torch.cuda.set_rng_state_all(state["cuda"])
+    best = state.best_miou if state.best_miou >= 0 else None
+    return checkpoint_meta(epoch=state.epoch, best_metric=("val_miou", best), **run.meta)
+
+
+def save_last(run: Run, state: TrainState) -> None:
+    """Write last.pt: weights, optimiser, schedule, scaler, random state, history and the config."""
+    from lunar_cli.models.checkpoint import save_checkpoint
+    from lunar_cli.resume import rng_state
+
+    train_state = {
+        **asdict(state), "backbone": run.backbone, "config": _saved_config(run.cfg),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
+        "scaler": run.scaler.state_dict() if run.scaler is not None else None, "rng": rng_state(),
+    }  # fmt: skip
+    save_checkpoint(run.run_dir / "last.pt", model_state=run.model.state_dict(), meta=_checkpoint_meta(run, state),
+                    extra={"train_state": train_state})  # fmt: skip
+
+
+def _saved_config(cfg: Config) -> dict:
+    """Return the config as a resumed run reads it back (data_dir absolute, so any folder can resume it)."""
+    saved = as_dict(cfg)
+    saved["data_dir"] = str(Path(cfg.data_dir).resolve())
+    return saved
+
+
+def end_epoch(run: Run, state: TrainState, row: dict, bar: "EpochProgress") -> None:
+    """Record a finished epoch: best-so-far, best.pt when it improved, last.pt, history.csv, the log line."""
+    from lunar_cli.models.checkpoint import save_checkpoint
+
+    state.epoch = row["epoch"]
+    state.history.append(row)
+    miou = row["val_miou"] if row["val_miou"] is not None else math.nan
+    improved = not math.isnan(miou) and miou > state.best_miou
+    if improved:
+        state.best_miou, state.best_epoch, state.stale = miou, state.epoch, 0
+    else:
+        state.stale += 1
+    if run.dist.is_main:
+        if improved:
+            save_checkpoint(run.run_dir / "best.pt", model_state=run.model.state_dict(),
+                            meta=_checkpoint_meta(run, state))  # fmt: skip
+        save_last(run, state)
+        _write_history(run.run_dir / "history.csv", state.history)
+        bar.log(row)
 
 
 def _write_history(path: Path, history: list[dict]) -> None:
@@ -294,245 +352,101 @@ def _write_history(path: Path, history: list[dict]) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
-def _unwrap(model):
-    """Return the plain model inside DDP and torch.compile wrappers."""
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
+def finish(run: Run, state: TrainState, stopped_early: bool) -> dict:
+    """Write curves.png and metrics.json (rank 0); return the run's summary."""
+    from lunar_cli.files import write_json_atomic
+
+    run_dir, history = run.run_dir, state.history
+    result = {
+        "run_dir": str(run_dir), "backbone": run.backbone, "encoder": run.meta["encoder"],
+        "parameters": sum(p.numel() for p in run.model.parameters()), "device": str(run.device),
+        "world_size": run.dist.world_size, "epochs_run": len(history), "stopped_early": stopped_early,
+        "best_epoch": state.best_epoch, "best_val_miou": state.best_miou if state.best_miou >= 0 else None,
+        "best": next((r for r in history if r["epoch"] == state.best_epoch), None),
+        "last": history[-1] if history else None, "train_seconds": sum(r["epoch_seconds"] for r in history),
+        "files": {n: str(run_dir / n) for n in ("best.pt", "last.pt", "history.csv", "curves.png", "metrics.json")},
+    }  # fmt: skip
+    if run.dist.is_main:
+        from lunar_cli.plots import plot_training_curves
+
+        if history:
+            plot_training_curves(run_dir / "curves.png", history, f"{run.backbone}: loss and IoU per epoch")
+        write_json_atomic(run_dir / "metrics.json", result)
+    return result
 
 
-def resolve_resume(resume: Path) -> Path:
-    """Return the last.pt to resume from, given a run folder or a checkpoint file."""
-    resume = Path(resume)
-    path = resume / "last.pt" if resume.is_dir() else resume
-    if not path.is_file():
-        raise LunarError(f"nothing to resume at {resume}: give a run folder with last.pt or a checkpoint file")
-    return path
+def _write_config(run: Run) -> None:
+    import yaml
+
+    from lunar_cli.files import write_text_atomic
+
+    text = yaml.safe_dump({**_saved_config(run.cfg), "world_size": run.dist.world_size}, sort_keys=False)
+    write_text_atomic(run.run_dir / "config.yaml", text)
 
 
-def _config_sections(saved: dict) -> tuple[TrainConfig, DataConfig, int]:
-    """Rebuild the train/data sections and seed a checkpoint was made with."""
-    cfg = load_config(None, _flatten({"train": saved["train"], "data": saved["data"], "seed": saved["seed"]}))
-    return cfg.train, cfg.data, cfg.seed
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
+def _say_start(run: Run, resumed_at: int | None) -> None:
+    t = run.cfg.train
+    if resumed_at is not None:
+        info(f"resuming {run.run_dir} at epoch {resumed_at + 1}/{t.epochs}")
+    n_params = sum(p.numel() for p in run.model.parameters())
+    procs = f" x{run.dist.world_size} processes" if run.dist.enabled else ""
+    info(
+        f"training {run.backbone} ({n_params / 1e6:.2f}M parameters) on {run.device}{procs}: "
+        f"{len(run.loaders.train.indices)} train / {len(run.loaders.val.indices)} val images at "
+        f"{run.cfg.data.image_size}px, {t.epochs} epochs -> {run.run_dir}"
+    )
 
 
 def train(
-    cfg: TrainConfig, data: DataConfig, *, data_dir: Path, runs_dir: Path, seed: int, device: str = "auto",
-    resume: Path | None = None, epochs_override: int | None = None, requested_backbone: str | None = None,
-    progress: bool = True,
-) -> dict:  # fmt: skip
-    """Train a model and return its final metrics; the run folder holds every file of the run.
+    cfg: Config, *, resume: Path | None = None, changes: list[tuple[str, str]] = (), progress: bool = True
+) -> dict:
+    """Train a model as ``cfg`` says (continuing the run at ``resume``); return its final metrics.
 
-    With ``resume`` the run continues with the configuration saved in its checkpoint;
-    ``epochs_override`` extends it, and ``requested_backbone`` (the flag the user typed)
-    must match the checkpoint's architecture.
+    The run folder holds every file of the run. ``cfg`` and ``changes`` for a resumed run
+    come from ``lunar_cli.resume.load_train_config`` (the run's saved config under YAML
+    and flags); the changes are said once the run folder is ours.
     """
-    import torch
+    from lunar_cli.models.registry import friendly_name
+    from lunar_cli.resume import read_resume_checkpoint, resolve_resume, say_changes
+    from lunar_cli.rundir import lock_run_dir
+    from lunar_cli.runtime import setup_distributed, teardown_distributed
+    from lunar_cli.train_log import EpochProgress
 
-    from lunar_cli.files import write_json_atomic, write_text_atomic
-    from lunar_cli.models.checkpoint import check_compatible, checkpoint_meta, load_checkpoint, save_checkpoint
-    from lunar_cli.models.registry import build_model, friendly_name, normalization, smp_encoder_name
-    from lunar_cli.rundir import lock_run_dir, make_run_dir
-    from lunar_cli.runtime import broadcast, setup_distributed, teardown_distributed
-
-    state = None
-    if resume is not None:
-        last = resolve_resume(resume)
-        state = load_checkpoint(last)
-        if "train_state" not in state:
-            raise LunarError(f"{last}: holds weights only (a best.pt?); resume from the run's last.pt")
-        check_compatible(state, requested_backbone, name=str(last))
-        cfg, data, seed = _config_sections(state["train_state"]["config"])
-        if epochs_override is not None:
-            cfg.epochs = epochs_override
-
-    backbone = friendly_name(cfg.backbone)
-    encoder = smp_encoder_name(backbone)
-    dist, dev = setup_distributed(device)
-    lock = None
-    try:
-        torch.manual_seed(seed)
-        if cfg.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=False)
-            if dev.type == "cuda":
-                os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-                torch.backends.cudnn.benchmark = False
-        elif dev.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-
-        if state is not None:
-            run_dir = resolve_resume(resume).parent
-        elif dist.is_main:
-            run_dir = make_run_dir(Path(runs_dir) / "train", cfg.name or backbone, cfg.exist_ok)
-        else:
-            run_dir = None
-        run_dir = Path(broadcast(str(run_dir) if run_dir else None, dist))
+    last = resolve_resume(resume) if resume is not None else None
+    ckpt = read_resume_checkpoint(last) if last is not None else None
+    dist, device = setup_distributed(cfg.device)
+    with contextlib.ExitStack() as stack:
+        stack.callback(teardown_distributed, dist)
+        configure_torch(cfg, device)
+        run_dir = open_run_dir(cfg, dist, last, friendly_name(cfg.train.backbone))
         if dist.is_main:
             lock = lock_run_dir(run_dir)  # one training per run folder
-
-        norm = normalization(backbone)
-        on_gpu = dev.type == "cuda"
-        channels_last = cfg.channels_last and on_gpu
-        loaders = make_loaders(
-            data_dir, data, batch_size=cfg.batch_size, normalization=norm, device=dev, seed=seed, dist=dist,
-            channels_last=channels_last, progress=progress,
-        )  # fmt: skip
-
-        weights = None if state is not None else (None if cfg.encoder_weights == "none" else cfg.encoder_weights)
-        if backbone == "custom":
-            weights = None
-        model = build_model(backbone, encoder_weights=weights).to(dev)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = make_optimizer(model, cfg)
-        scheduler = make_scheduler(optimizer, cfg.scheduler, cfg.epochs)
-        autocast, scaler = autocast_for(dev, cfg.amp)
-        criterion = make_criterion(cfg.loss, cfg.class_weights, loaders.class_pixels, dev)
-
-        history: list[dict] = []
-        best_miou, best_epoch, start_epoch, stale = -1.0, 0, 1, 0
-        if state is not None:
-            ts = state["train_state"]
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(ts["optimizer"])
-            if scheduler is not None and ts.get("scheduler") is not None:
-                scheduler.load_state_dict(ts["scheduler"])
-            if scaler is not None and ts.get("scaler") is not None:
-                scaler.load_state_dict(ts["scaler"])
-            _set_rng_state(ts["rng"])
-            history = list(ts["history"])
-            best_miou, best_epoch, stale = ts["best_miou"], ts["best_epoch"], ts["stale"]
-            start_epoch = ts["epoch"] + 1
-            if dist.is_main and progress:
-                info(f"resuming {run_dir} at epoch {start_epoch}/{cfg.epochs}")
-
-        net = model
-        if dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel
-
-            net = DistributedDataParallel(model, device_ids=[dev.index] if on_gpu else None)
-        if cfg.compile:
-            net = torch.compile(net)
-
-        saved_config = {"train": asdict(cfg), "data": asdict(data), "seed": seed}
-        if dist.is_main and state is None:
-            import yaml
-
-            write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(
-                {**saved_config, "data_dir": str(data_dir), "device": str(dev), "world_size": dist.world_size},
-                sort_keys=False,
-            ))  # fmt: skip
-        n_params = sum(p.numel() for p in model.parameters())
-        if dist.is_main and progress:
-            info(
-                f"training {backbone} ({n_params / 1e6:.2f}M parameters) on {dev}"
-                f"{f' x{dist.world_size} processes' if dist.enabled else ''}: "
-                f"{len(loaders.train.indices)} train / {len(loaders.val.indices)} val images at "
-                f"{data.image_size}px, {cfg.epochs} epochs -> {run_dir}"
-            )
-
-        def meta(epoch: int) -> dict:
-            return checkpoint_meta(
-                backbone, encoder=encoder, image_size=data.image_size, normalization=norm, epoch=epoch,
-                best_metric=("val_miou", best_miou if best_miou >= 0 else None), model_kwargs={},
-            )  # fmt: skip
-
-        def save_last(epoch: int) -> None:
-            save_checkpoint(run_dir / "last.pt", model_state=_unwrap(net).state_dict(), meta=meta(epoch), extra={
-                "train_state": {
-                    "epoch": epoch, "backbone": backbone, "config": saved_config, "history": history,
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "rng": _rng_state(), "best_miou": best_miou, "best_epoch": best_epoch, "stale": stale,
-                },
-            })  # fmt: skip
-
-        if dist.is_main and state is None:
-            save_last(0)  # an interrupted first epoch can still be resumed
-        bar = EpochProgress(progress and dist.is_main, cfg.epochs)
-        completed = start_epoch - 1  # the epoch last.pt holds
-        epoch = completed
+            stack.callback(lambda: lock is not None and lock.close())
+            say_changes(list(changes))
+        run = build_run(cfg, dist, device, run_dir, fresh=ckpt is None, progress=progress)
+        state = restore(run, ckpt) if ckpt is not None else TrainState()
+        talk = progress and dist.is_main
+        if talk:
+            _say_start(run, state.epoch if ckpt is not None else None)
+        if dist.is_main and ckpt is None:
+            _write_config(run)
+            save_last(run, state)  # an interrupted first epoch can still be resumed
+        bar = EpochProgress(talk, cfg.train.epochs)
+        stack.callback(bar.close)
         stopped_early = False
         try:
-            for epoch in range(start_epoch, cfg.epochs + 1):
-                loaders.train.set_epoch(epoch)
-                with bar.epoch(epoch, len(loaders.train)) as update:
-                    train_loss, seen, seconds = train_one_epoch(
-                        net, loaders.train, criterion, optimizer, scaler, autocast, update
-                    )
-                if dist.enabled:
-                    from lunar_cli.runtime import all_reduce_sum
-
-                    totals = all_reduce_sum(torch.tensor([train_loss * seen, seen], dtype=torch.float64), dist)
-                    train_loss, seen = float(totals[0] / totals[1]), int(totals[1])
-                val_loss, summary, _ = validate(model, loaders.val, criterion, autocast)
-                lr = optimizer.param_groups[0]["lr"]
-                miou = summary["miou"] if summary["miou"] is not None else float("nan")
-                if scheduler is not None:
-                    scheduler.step(miou) if cfg.scheduler == "plateau" else scheduler.step()
-                row = {
-                    "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_miou": summary["miou"],
-                    "val_pixel_accuracy": summary["pixel_accuracy"],
-                    **{f"iou_{n}": summary["iou"][n] for n in CLASS_NAMES},
-                    "lr": lr, "epoch_seconds": seconds, "images_per_second": seen / max(seconds, 1e-9),
-                }  # fmt: skip
-                history.append(row)
-                improved = not math.isnan(miou) and miou > best_miou
-                if improved:
-                    best_miou, best_epoch, stale = miou, epoch, 0
-                else:
-                    stale += 1
-                if dist.is_main:
-                    if improved:
-                        save_checkpoint(run_dir / "best.pt", model_state=_unwrap(net).state_dict(), meta=meta(epoch))
-                    save_last(epoch)
-                    _write_history(run_dir / "history.csv", history)
-                    bar.log(row)
-                completed = epoch
-                if cfg.patience is not None and stale >= cfg.patience:
+            for epoch in range(state.epoch + 1, cfg.train.epochs + 1):
+                end_epoch(run, state, run_epoch(run, epoch, bar), bar)
+                if cfg.train.patience is not None and state.stale >= cfg.train.patience:
                     stopped_early = True
-                    if dist.is_main and progress:
-                        info(f"no better val mIoU for {stale} epochs: stopping early (--patience {cfg.patience})")
+                    if talk:
+                        info(f"no better val mIoU for {state.stale} epochs: stopping early (--patience {cfg.train.patience})")
                     break
         except KeyboardInterrupt:
-            bar.close()
             raise LunarError(
-                f"interrupted in epoch {completed + 1}: {run_dir / 'last.pt'} holds epoch {completed}; "
+                f"interrupted in epoch {state.epoch + 1}: {run_dir / 'last.pt'} holds epoch {state.epoch}; "
                 f"continue with: lunar train --resume {run_dir}",
                 exit_code=130,
             ) from None
         bar.close()
-
-        result = {
-            "run_dir": str(run_dir), "backbone": backbone, "encoder": encoder, "parameters": n_params,
-            "device": str(dev), "world_size": dist.world_size, "epochs_run": len(history),
-            "stopped_early": stopped_early, "best_epoch": best_epoch,
-            "best_val_miou": best_miou if best_miou >= 0 else None,
-            "best": next((r for r in history if r["epoch"] == best_epoch), None),
-            "last": history[-1] if history else None,
-            "train_seconds": sum(r["epoch_seconds"] for r in history),
-            "files": {n: str(run_dir / n) for n in ("best.pt", "last.pt", "history.csv", "curves.png", "metrics.json")},
-        }  # fmt: skip
-        if dist.is_main:
-            from lunar_cli.plots import plot_training_curves
-
-            if history:
-                plot_training_curves(run_dir / "curves.png", history, f"{backbone}: loss and IoU per epoch")
-            write_json_atomic(run_dir / "metrics.json", result)
-        return result
-    finally:
-        if lock is not None:
-            lock.close()
-        teardown_distributed(dist)
+        return finish(run, state, stopped_early)

@@ -42,10 +42,16 @@ def test_unknown_option_is_one_line_usage_error(cli):
     assert "Traceback" not in result.err
 
 
-def test_bad_choice_is_one_line(cli):
-    result = cli("split", "--mask-source", "dirty")
+@pytest.mark.parametrize("args, flag", [
+    (["split", "--mask-source", "dirty"], "--mask-source"),
+    (["evaluate", "--split", "tests"], "--split"),
+    (["predict", "x.png", "--format", "jpeg"], "--format"),
+    (["train", "--loss", "hinge"], "--loss"),
+])  # fmt: skip
+def test_bad_choice_is_one_line(cli, args, flag):
+    result = cli(*args)
     assert result.code == 2
-    assert result.err.count("\n") == 1 and "--mask-source" in result.err
+    assert result.err.count("\n") == 1 and flag in result.err
 
 
 def test_missing_dataset_says_which_command_makes_it(cli, tmp_path):

@@ -70,6 +70,37 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
 
 
+def test_example_yaml_is_rendered_from_the_config():
+    from lunar_cli.config import example_yaml
+
+    assert (ROOT / "example.yaml").read_text() == example_yaml(), "regenerate: python -m lunar_cli.config > example.yaml"
+
+
+def test_choices_are_declared_once_and_help_completions_and_example_follow():
+    """Add a value to one Literal in config.py: --help, the completions and example.yaml all offer it."""
+    script = (
+        "import typing\n"
+        "from lunar_cli import config\n"
+        "config.Loss = typing.Literal['ce', 'dice', 'focal', 'ce+dice', 'lovasz']\n"
+        "from typer.testing import CliRunner\n"
+        "from lunar_cli.cli import app\n"
+        "from lunar_cli.completions import render_all\n"
+        "print(CliRunner().invoke(app, ['train', '--help'], terminal_width=200).output)\n"
+        "print(render_all()['lunar.bash'])\n"
+        "print(config.example_yaml())\n"
+    )
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    help_text, rest = proc.stdout.split("# bash completion", 1)
+    bash, example = rest.split("# lunar configuration", 1)
+    assert "--loss <ce|dice|focal|ce+dice|lovasz>" in help_text
+    assert '"ce dice focal ce+dice lovasz"' in bash
+    assert "loss: ce                # [ce | dice | focal | ce+dice | lovasz]" in example
+
+
 def test_example_yaml_documents_every_option_with_its_default():
     text = (ROOT / "example.yaml").read_text()
     data = yaml.safe_load(text)

@@ -14,6 +14,7 @@ import pytest
 from lunar_cli.config import load_config
 from lunar_cli.console import LunarError
 from lunar_cli.data.split import make_split
+from lunar_cli.resume import load_train_config
 from lunar_cli.train import train
 from tests.conftest import make_dataset
 
@@ -27,11 +28,11 @@ def data_dir(tmp_path_factory) -> Path:
     return root
 
 
-def sections(**train_overrides):
-    flat = {"data.image_size": 64, "train.batch_size": 4, "train.epochs": 3, "train.deterministic": True}
+def config(data_dir: Path, runs_dir: Path, seed: int = 0, **train_overrides):
+    flat = {"data.image_size": 64, "train.batch_size": 4, "train.epochs": 3, "train.deterministic": True,
+            "data_dir": data_dir, "runs_dir": runs_dir, "seed": seed, "device": "cpu"}  # fmt: skip
     flat.update({f"train.{k}": v for k, v in train_overrides.items()})
-    cfg = load_config(None, flat)
-    return cfg.train, cfg.data
+    return load_config(None, flat)
 
 
 def history(run_dir: Path) -> list[dict]:
@@ -44,8 +45,7 @@ def history(run_dir: Path) -> list[dict]:
 
 
 def test_short_training_lowers_loss_and_writes_every_file(data_dir, tmp_path):
-    cfg, data = sections(epochs=4)
-    result = train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False)
+    result = train(config(data_dir, tmp_path, epochs=4), progress=False)
     run_dir = Path(result["run_dir"])
     assert run_dir == tmp_path / "train" / "custom"
     for name in RUN_FILES:
@@ -59,22 +59,20 @@ def test_short_training_lowers_loss_and_writes_every_file(data_dir, tmp_path):
 
 
 def test_run_names_increment_and_exist_ok(data_dir, tmp_path):
-    cfg, data = sections(epochs=1)
-    first = train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False)
-    second = train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False)
+    cfg = config(data_dir, tmp_path, epochs=1)
+    first = train(cfg, progress=False)
+    second = train(cfg, progress=False)
     assert Path(first["run_dir"]).name == "custom" and Path(second["run_dir"]).name == "custom2"
-    cfg.exist_ok = True
-    third = train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False)
+    cfg.train.exist_ok = True
+    third = train(cfg, progress=False)
     assert Path(third["run_dir"]).name == "custom"
 
 
 def test_resume_ends_with_the_same_history(data_dir, tmp_path):
-    cfg, data = sections(epochs=3, name="full")
-    full = train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=3, device="cpu", progress=False)
-    cfg, data = sections(epochs=1, name="part")
-    part = train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=3, device="cpu", progress=False)
-    resumed = train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False,
-                    resume=Path(part["run_dir"]), epochs_override=3)  # fmt: skip
+    full = train(config(data_dir, tmp_path, seed=3, epochs=3, name="full"), progress=False)
+    part = train(config(data_dir, tmp_path, seed=3, epochs=1, name="part"), progress=False)
+    run_dir = Path(part["run_dir"])
+    resumed = train(load_train_config(None, {"train.epochs": 3}, run_dir)[0], resume=run_dir, progress=False)
     assert resumed["run_dir"] == part["run_dir"]
     assert history(Path(full["run_dir"])) == history(Path(part["run_dir"]))
 
@@ -92,26 +90,22 @@ def test_ctrl_c_keeps_last_checkpoint_and_says_how_to_resume(data_dir, tmp_path,
         return real(*args, **kwargs)
 
     monkeypatch.setattr(engine, "train_one_epoch", interrupted)
-    cfg, data = sections(epochs=3)
     with pytest.raises(LunarError, match=r"interrupted in epoch 2: .*last.pt holds epoch 1; continue with: lunar train --resume") as exc:
-        train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False)
+        train(config(data_dir, tmp_path, epochs=3), progress=False)
     assert exc.value.exit_code == 130
     monkeypatch.setattr(engine, "train_one_epoch", real)
     run_dir = tmp_path / "train" / "custom"
-    result = train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False,
-                   resume=run_dir)  # fmt: skip
+    result = train(load_train_config(None, {}, run_dir)[0], resume=run_dir, progress=False)
     assert result["epochs_run"] == 3
 
 
-def test_resume_refuses_another_architecture_and_weights_only_files(data_dir, tmp_path):
-    cfg, data = sections(epochs=1)
-    run = Path(train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False)["run_dir"])
-    with pytest.raises(LunarError, match="holds a custom model, not vgg11"):
-        train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False, resume=run,
-              requested_backbone="vgg11")  # fmt: skip
-    with pytest.raises(LunarError, match="weights only"):
-        train(cfg, data, data_dir=data_dir, runs_dir=tmp_path, seed=0, device="cpu", progress=False,
-              resume=run / "best.pt")  # fmt: skip
+def test_resume_refuses_another_architecture_and_weights_only_files(cli, data_dir, tmp_path):
+    run = Path(train(config(data_dir, tmp_path, epochs=1), progress=False)["run_dir"])
+    result = cli("train", "--resume", run, "--backbone", "vgg11")
+    assert result.code == 1 and result.err.count("\n") == 1
+    assert "--backbone vgg11: cannot change when resuming (the architecture is fixed by the checkpoint; the run has custom)" in result.err
+    result = cli("train", "--resume", run / "best.pt")
+    assert result.code == 1 and "weights only" in result.err
 
 
 def test_train_command_errors_are_one_line(cli, data_dir, tmp_path):
@@ -128,9 +122,8 @@ def test_train_command_errors_are_one_line(cli, data_dir, tmp_path):
 def test_empty_train_split_is_a_clear_error(tmp_path):
     root = make_dataset(tmp_path / "data", n_render=4, n_real=0, size=(64, 64))
     make_split(root, train=0.0, val=0.5)
-    cfg, data = sections(epochs=1)
     with pytest.raises(LunarError, match="split 'train' is empty"):
-        train(cfg, data, data_dir=root, runs_dir=tmp_path, seed=0, device="cpu", progress=False)
+        train(config(root, tmp_path, epochs=1), progress=False)
 
 
 def test_train_json_output(cli, data_dir, tmp_path):

@@ -10,43 +10,19 @@ so a resumed run sees the same batches.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 
-from lunar_cli.classes import NUM_CLASSES, PALETTE
-from lunar_cli.console import LunarError
 from lunar_cli.data.cache import CachedSplit
 
 if TYPE_CHECKING:
     import torch
 
+    from lunar_cli.config import AugmentConfig
+
 # Streams of the seed, so shuffling, augmenting and choosing a subset never share random numbers.
 _SHUFFLE, _AUGMENT, _SUBSET = 0, 1, 2
-
-
-@dataclass
-class AugmentParams:
-    """Training augmentation (as in the original study); probabilities per image, strengths as in ColorJitter."""
-
-    hflip: float = 0.2  # probability of a horizontal flip (image and mask)
-    vflip: float = 0.2  # probability of a vertical flip (image and mask)
-    jitter_p: float = 0.5  # probability of colour jitter (image only)
-    brightness: float = 0.2  # brightness factor drawn from [1 - b, 1 + b]
-    contrast: float = 0.2  # contrast factor drawn from [1 - c, 1 + c]
-    saturation: float = 0.2  # saturation factor drawn from [1 - s, 1 + s]
-    hue: float = 0.05  # hue shift drawn from [-h, h] (fraction of the colour wheel, at most 0.5)
-
-    def __post_init__(self) -> None:
-        for name in ("hflip", "vflip", "jitter_p"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise LunarError(f"augment.{name}: a probability between 0 and 1, got {getattr(self, name)}")
-        for name in ("brightness", "contrast", "saturation"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise LunarError(f"augment.{name}: must be between 0 and 1, got {getattr(self, name)}")
-        if not 0.0 <= self.hue <= 0.5:
-            raise LunarError(f"augment.hue: must be between 0 and 0.5, got {self.hue}")
 
 
 def epoch_generator(seed: int, epoch: int, stream: int, rank: int = 0) -> "torch.Generator":
@@ -55,39 +31,6 @@ def epoch_generator(seed: int, epoch: int, stream: int, rank: int = 0) -> "torch
 
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(stream), int(rank)]).generate_state(2)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-# ---------------------------------------------------------------------------------------------
-# Masks: indices, one-hot, colours (batched, any device)
-
-
-def one_hot(mask: "torch.Tensor", num_classes: int = NUM_CLASSES) -> "torch.Tensor":
-    """Return float32 one-hot planes (..., C, H, W) for integer class indices (..., H, W)."""
-    import torch
-
-    return torch.nn.functional.one_hot(mask.long(), num_classes).movedim(-1, -3).float()
-
-
-def indices_from_one_hot(onehot: "torch.Tensor") -> "torch.Tensor":
-    """Return int64 class indices (..., H, W) from one-hot planes or scores (..., C, H, W) by argmax."""
-    return onehot.argmax(dim=-3)
-
-
-def indices_to_rgb(mask: "torch.Tensor") -> "torch.Tensor":
-    """Return uint8 RGB colours (..., H, W, 3) in the dataset palette for class indices (..., H, W)."""
-    import torch
-
-    palette = torch.as_tensor(PALETTE, device=mask.device)
-    return palette[mask.long()]
-
-
-def rgb_to_indices(rgb: "torch.Tensor") -> "torch.Tensor":
-    """Return int64 class indices (..., H, W) for RGB masks (..., H, W, 3), taking the nearest palette colour."""
-    import torch
-
-    palette = torch.as_tensor(PALETTE, device=rgb.device, dtype=torch.int32)
-    dist = ((rgb.to(torch.int32).unsqueeze(-2) - palette) ** 2).sum(-1)  # (..., H, W, C)
-    return dist.argmin(-1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -154,7 +97,7 @@ def color_jitter_(
 
 
 def augment_batch_(
-    images: "torch.Tensor", masks: "torch.Tensor", params: AugmentParams, generator: "torch.Generator"
+    images: "torch.Tensor", masks: "torch.Tensor", params: "AugmentConfig", generator: "torch.Generator"
 ) -> tuple["torch.Tensor", "torch.Tensor"]:
     """Flip images and masks together and colour-jitter the images, in place, decisions per sample; return them.
 
@@ -220,7 +163,7 @@ class BatchLoader:
         batch_size: int,
         shuffle: bool = False,
         drop_last: bool = False,
-        augment: AugmentParams | None = None,
+        augment: "AugmentConfig | None" = None,
         mean: Sequence[float] = (0.0, 0.0, 0.0),
         std: Sequence[float] = (1.0, 1.0, 1.0),
         device: "str | torch.device" = "cpu",
@@ -235,14 +178,6 @@ class BatchLoader:
     ) -> None:
         import torch
 
-        if batch_size < 1:
-            raise LunarError(f"batch size must be at least 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise LunarError(f"rank {rank} is not in 0..{world_size - 1} (world size {world_size})")
-        if limit is not None and limit < 1:
-            raise LunarError(f"limit must be at least 1 item, got {limit}")
-        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-            raise LunarError(f"normalisation needs 3 means and 3 positive stds, got mean={mean} std={std}")
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle

@@ -11,17 +11,19 @@ from __future__ import annotations
 import csv
 import io
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from lunar_cli.config import SplitName
 from lunar_cli.console import LunarError, warn
 from lunar_cli.data.probe import probe_image
 from lunar_cli.files import write_text_atomic
 
 MANIFEST_NAME = "manifest.csv"
-SPLITS = ("train", "val", "test", "test_real")
+SPLITS: tuple[str, ...] = typing.get_args(SplitName)  # in manifest order
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -177,8 +179,6 @@ def read_manifest(data_dir: Path) -> list[dict[str, str]]:
 
 def split_pairs(data_dir: Path, split: str) -> list[tuple[Path, Path]]:
     """Return the absolute (image, mask) paths of one split, or raise if it is empty."""
-    if split not in SPLITS:
-        raise LunarError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
     rows = read_manifest(data_dir)
     pairs = [(Path(data_dir) / r["image"], Path(data_dir) / r["mask"]) for r in rows if r["split"] == split]
     if not pairs:

@@ -162,8 +162,10 @@ def save_checkpoint(path: Path, *, model_state: dict, meta: dict, extra: dict | 
             ) from exc
 
 
-def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint with torch.load(weights_only=True); refuse anything that is not a lunar checkpoint.
+
+    ``mmap`` maps the tensors instead of reading them (cheap when only the metadata is needed).
 
     Returns the checkpoint dict (``meta``, ``model`` and whatever extra was saved).
     Every problem is a one-line LunarError naming the file.
@@ -188,7 +190,8 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # protocol warnings for foreign pickles
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            zipped = head.startswith(b"PK\x03\x04")  # only the zip format can be memory-mapped
+            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zipped)
     except pickle.UnpicklingError as exc:
         if "weights only load failed" in str(exc).lower():
             raise LunarError(
@@ -250,35 +253,3 @@ def build_from_checkpoint(ckpt: dict[str, Any], name: str = "checkpoint") -> "to
             "keys or wrong shapes); the file is damaged or was edited"
         ) from exc
     return model.eval()
-
-
-def check_compatible(
-    ckpt: dict[str, Any],
-    backbone: str | None = None,
-    *,
-    model_kwargs: dict[str, Any] | None = None,
-    num_classes: int | None = None,
-    name: str = "checkpoint",
-) -> None:
-    """Raise LunarError if ``ckpt`` is not the architecture asked for (used by --resume).
-
-    Options left as None are not checked, so resuming without repeating them works.
-    Only ``model_kwargs`` keys present in both the request and the checkpoint are compared.
-    """
-    from lunar_cli.models.registry import smp_encoder_name
-
-    meta = ckpt["meta"]
-    if backbone is not None and smp_encoder_name(backbone) != meta.get("encoder"):
-        raise LunarError(
-            f"{name}: holds a {meta['backbone']} model, not {backbone}; resume with --backbone "
-            f"{meta['backbone']} (or leave it out), or start a new run"
-        )
-    if num_classes is not None and num_classes != meta["num_classes"]:
-        raise LunarError(f"{name}: has {meta['num_classes']} classes, not {num_classes}; start a new run")
-    for key, value in (model_kwargs or {}).items():
-        saved = meta["model_kwargs"].get(key)
-        if value is not None and key in meta["model_kwargs"] and value != saved:
-            raise LunarError(
-                f"{name}: was trained with {key}={saved!r}, not {value!r}; "
-                "resume with the same value or start a new run"
-            )

@@ -1,0 +1,111 @@
+"""How a model learns: the loss, the optimiser and the learning-rate schedule of a run.
+
+Each builder takes the values it needs and trusts them (the config was validated at the
+edge). Schedules are stepped once per epoch; their shape is a function of the epoch, so a
+resumed run that asks for more epochs stretches the schedule instead of replaying it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import torch
+
+    from lunar_cli.config import TrainConfig
+
+
+def make_criterion(loss: str, class_weights: Any, class_pixels: list[int], device: "torch.device") -> Callable:
+    """Return the loss function (logits, int64 masks) -> scalar for ``loss`` (computed in fp32)."""
+    import torch
+    import torch.nn.functional as F
+
+    weight = None
+    if class_weights == "auto":
+        counts = torch.tensor(class_pixels, dtype=torch.float64).clamp_min(1.0)
+        inverse = counts.sum() / (len(counts) * counts)
+        weight = (inverse / inverse.mean()).clamp(max=50.0).float().to(device)
+    elif class_weights is not None:
+        weight = torch.tensor(class_weights, dtype=torch.float32, device=device)
+
+    def cross_entropy(logits, target):
+        return F.cross_entropy(logits.float(), target, weight=weight)
+
+    if loss == "ce":
+        return cross_entropy
+    from segmentation_models_pytorch.losses import DiceLoss, FocalLoss  # ~1 s import, only when asked
+
+    dice = DiceLoss(mode="multiclass", from_logits=True)
+    if loss == "dice":
+        return lambda logits, target: dice(logits.float(), target)
+    if loss == "focal":
+        focal = FocalLoss(mode="multiclass")
+        return lambda logits, target: focal(logits.float(), target)
+    return lambda logits, target: cross_entropy(logits, target) + dice(logits.float(), target)
+
+
+def optimizer_kind(cfg: "TrainConfig") -> str:
+    """Return the optimiser a run uses: ``auto`` is Adam for the custom U-Net and SGD for smp encoders."""
+    if cfg.optimizer != "auto":
+        return cfg.optimizer
+    return "adam" if cfg.backbone == "custom" else "sgd"
+
+
+def learning_rate(cfg: "TrainConfig") -> float:
+    """Return the run's base learning rate: the one given, else 1e-2 for SGD and 1e-3 for Adam(W)."""
+    if cfg.lr is not None:
+        return cfg.lr
+    return 1e-2 if optimizer_kind(cfg) == "sgd" else 1e-3
+
+
+def make_optimizer(model: "torch.nn.Module", cfg: "TrainConfig") -> "torch.optim.Optimizer":
+    """Return the run's optimiser over the model's trainable parameters."""
+    import torch
+
+    kind, lr = optimizer_kind(cfg), learning_rate(cfg)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+
+
+def schedule_factor(kind: str, epoch: int, epochs: int) -> float:
+    """Return the learning-rate multiplier after ``epoch`` finished epochs of ``epochs`` (1 at the start)."""
+    if kind == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
+    if kind == "step":
+        return 0.1 ** (epoch // max(1, epochs // 3))
+    return 1.0
+
+
+def make_scheduler(optimizer: "torch.optim.Optimizer", kind: str, epochs: int):
+    """Return a per-epoch learning-rate scheduler for ``kind``, or None for a constant rate."""
+    import torch
+
+    if kind == "none":
+        return None
+    if kind == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: schedule_factor(kind, epoch, epochs))
+
+
+def set_hyperparameters(optimizer: "torch.optim.Optimizer", scheduler: Any, cfg: "TrainConfig") -> None:
+    """Make a restored optimiser (and schedule) use ``cfg``'s rate, momentum and weight decay.
+
+    The schedule keeps its progress: the current rate is rescaled by new base / old base.
+    """
+    new_base = learning_rate(cfg)
+    for group in optimizer.param_groups:
+        old_base = group.get("initial_lr", group["lr"])
+        if old_base != new_base:
+            group["lr"] = group["lr"] * new_base / old_base if old_base else new_base
+            if "initial_lr" in group:
+                group["initial_lr"] = new_base
+        group["weight_decay"] = cfg.weight_decay
+        if "momentum" in group:
+            group["momentum"] = cfg.momentum
+    if scheduler is not None and hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs = [new_base for _ in scheduler.base_lrs]
