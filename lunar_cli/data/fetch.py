@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from lunar_cli.classes import IMAGE_SUFFIXES
 from lunar_cli.config import KAGGLE_DATASET
 from lunar_cli.console import LunarError, info, warn
 from lunar_cli.data.archive import safe_extract_zip
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
     from lunar_cli.config import FetchConfig
 
 DATASET_PARTS = ("images", "real_moon_images")  # the folders a fetch moves into data_dir
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 MARKER = "dataset.json"
 
 

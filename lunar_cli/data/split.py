@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
+from lunar_cli.classes import IMAGE_SUFFIXES
 from lunar_cli.console import LunarError, warn
 from lunar_cli.data.probe import probe_image
 from lunar_cli.files import write_text_atomic
 
 MANIFEST_NAME = "manifest.csv"
 SPLITS = ("train", "val", "test", "test_real")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @dataclass
