@@ -108,6 +108,9 @@ def encode_mask(indices: np.ndarray) -> np.ndarray:
     return PALETTE[idx.astype(np.intp)]
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # formats OpenCV decodes that lunar accepts
+
+
 def decode_image_file(path: Path, what: str = "image") -> np.ndarray:
     """Return the pixels of an image file as stored: (H, W) or (H, W, 3|4) in RGB(A) order, 8 or 16 bits.
 

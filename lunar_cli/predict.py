@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterable, TextIO
 
 import numpy as np
 
-from lunar_cli.classes import CLASS_NAMES, encode_mask
+from lunar_cli.classes import CLASS_NAMES, IMAGE_SUFFIXES, encode_mask
 from lunar_cli.console import LunarError, info, track, warn
 from lunar_cli.metrics import predicted_classes
 
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
     from lunar_cli.inference import LoadedModel
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
 # Output format -> what is appended to the output's base name.
 FORMATS = {"rgb": ".png", "index": ".png", "overlay": "_overlay.png", "probs": ".npz"}
 HAZARD_SUFFIX = "_hazard.png"

@@ -18,7 +18,9 @@ import pytest
 
 from lunar_cli.config import KAGGLE_DATASET
 from lunar_cli.console import LunarError
-from lunar_cli.data.fetch import fetch_dataset, fetch_models, read_dataset_info, safe_extract_zip, validate_layout
+from lunar_cli.data.archive import safe_extract_zip
+from lunar_cli.data.fetch import fetch_dataset, read_dataset_info, validate_layout
+from lunar_cli.data.models_fetch import fetch_models
 
 
 def png(path: Path, seed: int, channels: int = 3) -> None:

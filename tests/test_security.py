@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from lunar_cli.console import LunarError
-from lunar_cli.data.fetch import safe_extract_zip
+from lunar_cli.data.archive import safe_extract_zip
 from tests.test_fetch import http_server  # noqa: F401 - a fixture: a local HTTP server, no network
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ FORBIDDEN = [
     ("numpy load with allow_pickle=True", r"allow_pickle\s*=\s*True"),
     ("eval/exec of text", r"(?<![.\w])(eval|exec)\("),
     ("shell=True", r"shell\s*=\s*True"),
-    ("extractall (use fetch.safe_extract_zip)", r"\.extractall\("),
+    ("extractall (use archive.safe_extract_zip)", r"\.extractall\("),
 ]
 
 
@@ -109,8 +109,8 @@ def test_zip_extraction_never_writes_outside_the_target(tmp_path, entry):
 
 def test_every_extraction_goes_through_the_safe_one():
     callers = [p.relative_to(REPO).as_posix() for p in SCANNED if "ZipFile(" in p.read_text(encoding="utf-8")]
-    assert callers == ["lunar_cli/data/fetch.py"]
-    text = (REPO / "lunar_cli" / "data" / "fetch.py").read_text(encoding="utf-8")
+    assert callers == ["lunar_cli/data/archive.py"]
+    text = (REPO / "lunar_cli" / "data" / "archive.py").read_text(encoding="utf-8")
     assert text.count("zf.open(") == 1 and ".extract(" not in text  # the one read, inside safe_extract_zip
 
 

@@ -101,3 +101,37 @@ def test_interrupted_manifest_write_keeps_old_manifest(tiny_data, monkeypatch):
     monkeypatch.undo()
     assert (tiny_data / "manifest.csv").read_bytes() == before
     assert not [p for p in tiny_data.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_tif_renders_are_paired_with_tif_or_png_masks(cli, tiny_data):
+    import cv2
+
+    for png in sorted((tiny_data / "images/render").glob("*.png")):
+        assert cv2.imwrite(str(png.with_suffix(".tif")), cv2.imread(str(png), cv2.IMREAD_UNCHANGED))
+        png.unlink()
+    for i in range(2, 21, 2):  # even masks as .tif too; the odd ones stay .png beside a .tif render
+        png = tiny_data / f"images/clean/clean{i:04d}.png"
+        assert cv2.imwrite(str(png.with_suffix(".tif")), cv2.imread(str(png), cv2.IMREAD_UNCHANGED))
+        png.unlink()
+
+    result = cli("split", "--data-dir", tiny_data, "--json")
+    assert result.code == 0, result.err
+    assert result.json()["counts"] == {"train": 10, "val": 4, "test": 6, "test_real": 3}
+    assert "skipped" not in result.err
+    rendered = [r for r in read_manifest(tiny_data) if r["split"] != "test_real"]
+    assert len(rendered) == 20 and all(r["image"].endswith(".tif") for r in rendered)
+    assert sorted(r["mask"] for r in rendered)[:2] == ["images/clean/clean0001.png", "images/clean/clean0002.tif"]
+
+
+def test_cut_off_tif_and_bmp_renders_are_bad_pairs(tiny_data):
+    import cv2
+
+    for name in ("render0001.tif", "render0002.bmp"):
+        path = tiny_data / "images/render" / name
+        png = path.with_suffix(".png")
+        assert cv2.imwrite(str(path), cv2.imread(str(png), cv2.IMREAD_UNCHANGED))
+        png.unlink()
+        path.write_bytes(path.read_bytes()[:-40])
+    skipped = make_split(tiny_data)["skipped"]
+    assert len(skipped) == 2
+    assert "render0001.tif: damaged or truncated TIFF" in skipped[0] and "render0002.bmp: truncated BMP" in skipped[1]

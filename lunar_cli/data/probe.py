@@ -1,20 +1,24 @@
-"""Cheap checks that a file is a whole PNG or JPEG, and its size, without decoding it."""
+"""Cheap checks that a file is a whole PNG, JPEG, TIFF or BMP image, and its size, without decoding it."""
 
 from __future__ import annotations
 
 import struct
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 from lunar_cli.console import LunarError
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*")  # little- and big-endian
+TIFF_INTS = {3: "H", 4: "I"}  # SHORT and LONG: the field types sizes and offsets are stored as
 
 
 def probe_image(path: Path) -> tuple[int, int]:
-    """Return (width, height) of a PNG or JPEG file, or raise LunarError if it is empty or damaged.
+    """Return (width, height) of a PNG, JPEG, TIFF or BMP file, or raise LunarError if it is empty or damaged.
 
-    Reads only the header and the last bytes, so it catches zero-byte files, text files
-    named .png and truncated files in microseconds instead of a full decode.
+    Reads only a few hundred bytes (headers, end markers, a TIFF's directory), so it catches
+    zero-byte files, text files named .png and truncated files in microseconds instead of a
+    full decode.
     """
     path = Path(path)
     try:
@@ -40,7 +44,19 @@ def probe_image(path: Path) -> tuple[int, int]:
         if b"\xff\xd9" not in tail:
             raise LunarError(f"{path}: truncated JPEG (no end marker)")
         return _jpeg_size(path)
-    raise LunarError(f"{path}: not a PNG or JPEG image")
+    if head.startswith(TIFF_SIGNATURES):
+        return _tiff_size(path, size)
+    if head.startswith(b"BM") and len(head) >= 26:
+        return _bmp_size(path, head, size)
+    raise LunarError(f"{path}: not a PNG, JPEG, TIFF or BMP image")
+
+
+def _ifd_entries(block: bytes, start: int, order: str) -> Iterator[tuple[int, int, int, bytes]]:
+    """Yield (tag, type, count, the 4 value-or-offset bytes) of each entry of the TIFF directory at block[start:]."""
+    (count,) = struct.unpack(order + "H", block[start : start + 2])
+    for entry in range(start + 2, start + 2 + 12 * count, 12):
+        tag, kind, n = struct.unpack(order + "HHI", block[entry : entry + 8])
+        yield tag, kind, n, block[entry + 8 : entry + 12]
 
 
 def _exif_orientation(app1: bytes) -> int:
@@ -50,11 +66,10 @@ def _exif_orientation(app1: bytes) -> int:
     tiff, order = app1[6:], "<" if app1[6:8] == b"II" else ">"
     try:
         (ifd,) = struct.unpack(order + "I", tiff[4:8])
-        (count,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
-        for entry in range(ifd + 2, ifd + 2 + 12 * count, 12):
-            tag, _type, _n, value = struct.unpack(order + "HHIH", tiff[entry : entry + 10])
+        for tag, _type, _n, value in _ifd_entries(tiff, ifd, order):
             if tag == 0x0112:
-                return value if 1 <= value <= 8 else 1
+                (orientation,) = struct.unpack(order + "H", value[:2])
+                return orientation if 1 <= orientation <= 8 else 1
     except struct.error:  # a damaged EXIF block: the decoder ignores it too
         return 1
     return 1
@@ -86,3 +101,56 @@ def _jpeg_size(path: Path) -> tuple[int, int]:
             orientation = _exif_orientation(data[i + 4 : i + 2 + length])
         i += 2 + length
     raise LunarError(f"{path}: JPEG without a frame header")
+
+
+def _tiff_size(path: Path, size: int) -> tuple[int, int]:
+    """Return (width, height) of a TIFF's first image; raise if its directory or pixel data lies past the end.
+
+    Reads the header, the first directory and its strip (or tile) tables, wherever they are
+    in the file: writers such as OpenCV's put the directory after the pixels.
+    """
+    with path.open("rb") as fh:
+        try:
+            order = "<" if fh.read(2) == b"II" else ">"
+            fh.seek(4)
+            (ifd,) = struct.unpack(order + "I", fh.read(4))
+            fh.seek(ifd)
+            (count,) = struct.unpack(order + "H", fh.read(2))
+            fh.seek(ifd)
+            entries = _ifd_entries(fh.read(2 + 12 * count), 0, order)
+            fields = {tag: (kind, n, value) for tag, kind, n, value in entries}
+            width = _tiff_ints(fh, order, *fields[256])[0]
+            height = _tiff_ints(fh, order, *fields[257])[0]
+            offsets, counts = (273, 279) if 273 in fields else (324, 325)  # strips, or tiles
+            pieces = zip(_tiff_ints(fh, order, *fields[offsets]), _tiff_ints(fh, order, *fields[counts]))
+            end = max((offset + length for offset, length in pieces), default=0)
+        except (struct.error, KeyError, IndexError) as exc:  # a short read or a missing field
+            raise LunarError(f"{path}: damaged or truncated TIFF header") from exc
+    if end > size:
+        raise LunarError(f"{path}: truncated TIFF (pixel data past the end of the file)")
+    return int(width), int(height)
+
+
+def _tiff_ints(fh: BinaryIO, order: str, kind: int, n: int, value: bytes) -> list[int]:
+    """Return the n SHORT or LONG values of a TIFF directory entry, read from where it points when they do not fit."""
+    fmt = f"{order}{n}{TIFF_INTS[kind]}"
+    length = struct.calcsize(fmt)
+    if length > 4:  # the entry holds the offset of the values, not the values
+        fh.seek(struct.unpack(order + "I", value)[0])
+        value = fh.read(length)
+    return list(struct.unpack(fmt, value[:length]))
+
+
+def _bmp_size(path: Path, head: bytes, size: int) -> tuple[int, int]:
+    """Return (width, height) of a BMP from its first bytes; raise if the file is shorter than it says."""
+    (declared,) = struct.unpack("<I", head[2:6])  # the file size the writer recorded
+    (header,) = struct.unpack("<I", head[14:18])  # the size of the info header says which kind it is
+    if header == 12:  # the old OS/2 header: 16-bit sizes
+        width, height = struct.unpack("<HH", head[18:22])
+    elif header in (40, 52, 56, 64, 108, 124):
+        width, height = struct.unpack("<ii", head[18:26])
+    else:
+        raise LunarError(f"{path}: damaged BMP header")
+    if declared > size:
+        raise LunarError(f"{path}: truncated BMP ({size} of {declared} bytes)")
+    return int(width), abs(int(height))  # a negative height means rows are stored top-down

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lunar_cli.classes import IMAGE_SUFFIXES
 from lunar_cli.config import SplitName
 from lunar_cli.console import LunarError, warn
 from lunar_cli.data.probe import probe_image
@@ -24,7 +25,6 @@ from lunar_cli.files import write_text_atomic
 
 MANIFEST_NAME = "manifest.csv"
 SPLITS: tuple[str, ...] = typing.get_args(SplitName)  # in manifest order
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
 @dataclass

@@ -66,9 +66,10 @@ def generate_synthetic(out_dir: Path, *, count: int, real_count: int, width: int
 
     Image i depends only on (seed, kind, i, width, height), so every `workers` value gives the same
     bytes. Each file is written atomically; files of an earlier, larger set are left in place.
-    workers > 1 uses a spawn process pool (default: one per CPU), so a script calling this needs the
-    usual ``if __name__ == "__main__":`` guard. The summary holds the counts per folder, the size,
-    the seed, the pixel share of each class and the share of images where each class appears.
+    workers > 1 renders in that many processes (``parallel.map_in_processes``; default: one per
+    CPU), so a script calling this needs the usual ``if __name__ == "__main__":`` guard. The
+    summary holds the counts per folder, the size, the seed, the pixel share of each class and
+    the share of images where each class appears.
     """
     _validate(count, real_count, width, height, seed, workers)
     out_dir = Path(out_dir)
@@ -118,22 +119,16 @@ def _validate(count: int, real_count: int, width: int, height: int, seed: int, w
 
 
 def _run_jobs(jobs: list, workers: int, progress: bool):
-    """Yield each job's result, in any order, from this process or a pool of `workers` processes."""
-    import multiprocessing
-
+    """Yield each job's result, in order, from this process or a pool of `workers` processes."""
     import cv2
 
-    description = f"generating {len(jobs)} synthetic images"
+    from lunar_cli.parallel import map_in_processes
+
     threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)  # one thread per process: the processes already fill the cores
+    cv2.setNumThreads(1)  # single-threaded like the pool's workers: each image renders the same in any process
     try:
-        if workers <= 1:
-            yield from track(map(_render_job, jobs), description, total=len(jobs), quiet=not progress)
-            return
-        # spawn, not fork: the parent may hold torch/OpenMP threads that fork would copy half-locked
-        with multiprocessing.get_context("spawn").Pool(workers, cv2.setNumThreads, (1,)) as pool:
-            results = pool.imap_unordered(_render_job, jobs, chunksize=4)
-            yield from track(results, description, total=len(jobs), quiet=not progress)
+        results = map_in_processes(_render_job, jobs, workers, max_chunk=4)
+        yield from track(results, f"generating {len(jobs)} synthetic images", total=len(jobs), quiet=not progress)
     finally:
         cv2.setNumThreads(threads)
 
