@@ -1,0 +1,229 @@
+"""``lunar train``, ``lunar evaluate``, ``lunar predict`` and ``lunar compare``: the models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lunar_cli.cli.app import (
+    ConfigOpt,
+    DataDirOpt,
+    DeviceOpt,
+    ImageSizeOpt,
+    JsonOpt,
+    LimitOpt,
+    Loss,
+    Optim,
+    OutputFormat,
+    RunsDirOpt,
+    Schedule,
+    SeedOpt,
+    SplitName,
+    WorkersOpt,
+    default_of,
+    app,
+    report,
+)
+from lunar_cli.config import load_config
+
+
+@app.command()
+def train(
+    backbone: Annotated[
+        Optional[str],
+        typer.Option("--backbone", "-b", help=f"custom | vgg11 | resnet18 | mobilenet_v3_large | any smp encoder. {default_of('train.backbone')}"),
+    ] = None,
+    encoder_weights: Annotated[
+        Optional[str],
+        typer.Option(help=f"imagenet | none | PATH to local encoder weights. {default_of('train.encoder_weights')}"),
+    ] = None,
+    epochs: Annotated[Optional[int], typer.Option(help=f"Epochs. {default_of('train.epochs')}")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Images per step. {default_of('train.batch_size')}")] = None,
+    image_size: ImageSizeOpt = None,
+    limit: LimitOpt = None,
+    patience: Annotated[Optional[int], typer.Option(help="Stop after N epochs without a better val mIoU.")] = None,
+    loss: Annotated[Optional[Loss], typer.Option(help=f"Loss. {default_of('train.loss')}")] = None,
+    class_weights: Annotated[
+        Optional[str], typer.Option(help="Cross-entropy class weights: auto (inverse frequency) or 4 numbers a,b,c,d.")
+    ] = None,
+    optimizer: Annotated[Optional[Optim], typer.Option(help=f"Optimiser. {default_of('train.optimizer')}")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: 1e-3 adam, 1e-2 sgd).")] = None,
+    scheduler: Annotated[Optional[Schedule], typer.Option(help=f"LR schedule. {default_of('train.scheduler')}")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Run folder name under runs/train (default: the backbone).")] = None,
+    exist_ok: Annotated[Optional[bool], typer.Option("--exist-ok", help="Reuse runs/train/NAME if it exists.")] = None,
+    resume: Annotated[
+        Optional[Path],
+        typer.Option(help="Continue a run: its folder or a last.pt. Other flags change it or are refused."),
+    ] = None,
+    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision on GPU. [default: amp]")] = None,
+    compile_model: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the model.")] = None,
+    deterministic: Annotated[
+        Optional[bool], typer.Option("--deterministic", help="Deterministic algorithms (exact resume).")
+    ] = None,
+    workers: WorkersOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    data_dir: DataDirOpt = None,
+    runs_dir: RunsDirOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Train a U-Net on the train split, keeping the best on validation IoU."""
+    from lunar_cli.config import parse_class_weights
+    from lunar_cli.resume import load_train_config
+    from lunar_cli.train import train as run_train
+
+    flags = {
+        "train.backbone": backbone,
+        "train.encoder_weights": encoder_weights,
+        "train.epochs": epochs,
+        "train.batch_size": batch_size,
+        "data.image_size": image_size,
+        "data.limit": limit,
+        "data.workers": workers,
+        "train.patience": patience,
+        "train.loss": loss,
+        "train.class_weights": parse_class_weights(class_weights),
+        "train.optimizer": optimizer,
+        "train.lr": lr,
+        "train.scheduler": scheduler,
+        "train.name": name,
+        "train.exist_ok": exist_ok,
+        "train.amp": amp,
+        "train.compile": compile_model,
+        "train.deterministic": deterministic,
+        "seed": seed,
+        "device": device,
+        "data_dir": data_dir,
+        "runs_dir": runs_dir,
+    }
+    cfg, changes = load_train_config(config, flags, resume)
+    result = run_train(cfg, resume=resume, changes=changes, progress=not json_out)
+    report(result, json_out, "train")
+
+
+@app.command()
+def evaluate(
+    target: Annotated[
+        Optional[Path], typer.Argument(help="A run folder or checkpoint (default: the newest best.pt under runs/).")
+    ] = None,
+    split_names: Annotated[
+        Optional[list[SplitName]],
+        typer.Option("--split", help="Split to score; repeat for several. [default: test, test_real]"),
+    ] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Images per pass. {default_of('evaluate.batch_size')}")] = None,
+    limit: LimitOpt = None,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = None,
+    data_dir: DataDirOpt = None,
+    runs_dir: RunsDirOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Score a trained model on the test splits with the Jaccard index (IoU)."""
+    from lunar_cli.evaluate import evaluate_model
+    from lunar_cli.inference import find_model
+
+    cfg = load_config(
+        config,
+        {
+            "evaluate.splits": split_names or None,
+            "evaluate.batch_size": batch_size,
+            "data.limit": limit,
+            "data.workers": workers,
+            "device": device,
+            "data_dir": data_dir,
+            "runs_dir": runs_dir,
+        },
+    )
+    model_path, _ = find_model(target, cfg.runs_dir)
+    result = evaluate_model(
+        model_path, data_dir=cfg.data_dir, splits=cfg.evaluate.splits, batch_size=cfg.evaluate.batch_size,
+        device=cfg.device, limit=cfg.data.limit, workers=cfg.data.workers, grid=cfg.evaluate.grid,
+        progress=not json_out,
+    )  # fmt: skip
+    report(result, json_out, "evaluate")
+
+
+@app.command()
+def predict(
+    inputs: Annotated[
+        list[str], typer.Argument(help="Images, folders, globs, or - to read paths from stdin.", show_default=False)
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Output file (one input) or folder. [default: runs/predict]")
+    ] = Path("runs/predict"),
+    model: Annotated[
+        Optional[Path], typer.Option("--model", "-m", help="Checkpoint or run folder (default: newest best.pt under runs/).")
+    ] = None,
+    fmt: Annotated[
+        Optional[OutputFormat], typer.Option("--format", "-f", help=f"What to write. {default_of('predict.format')}")
+    ] = None,
+    tile: Annotated[Optional[bool], typer.Option("--tile", help="Sliding-window inference for large frames.")] = None,
+    overlap: Annotated[Optional[float], typer.Option(help=f"Tile overlap. {default_of('predict.tile_overlap')}")] = None,
+    hazard: Annotated[Optional[bool], typer.Option("--hazard", help="Also write a hazard/safe-ground map.")] = None,
+    hazard_margin: Annotated[
+        Optional[int], typer.Option(help=f"Clearance around rocks, pixels. {default_of('predict.hazard_margin')}")
+    ] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Images per pass. {default_of('predict.batch_size')}")] = None,
+    strict: Annotated[Optional[bool], typer.Option("--strict", help="Stop at the first image that fails.")] = None,
+    device: DeviceOpt = None,
+    runs_dir: RunsDirOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write class masks for photos: lunar predict img.png -o mask.png."""
+    from lunar_cli.predict import run_predict
+
+    cfg = load_config(
+        config,
+        {
+            "predict.format": fmt,
+            "predict.tile": tile,
+            "predict.tile_overlap": overlap,
+            "predict.hazard": hazard,
+            "predict.hazard_margin": hazard_margin,
+            "predict.batch_size": batch_size,
+            "predict.strict": strict,
+            "device": device,
+            "runs_dir": runs_dir,
+        },
+    )
+    p = cfg.predict
+    result = run_predict(
+        inputs, output=output, model=model, runs_dir=cfg.runs_dir, fmt=p.format, tile=p.tile,
+        tile_overlap=p.tile_overlap, hazard=p.hazard, hazard_margin=p.hazard_margin, batch_size=p.batch_size,
+        device=cfg.device, amp=p.amp, strict=p.strict, progress=not json_out,
+    )  # fmt: skip
+    report(result, json_out, "predict")
+    if result["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    runs: Annotated[
+        Optional[list[Path]], typer.Argument(help="Run folders to compare (default: every run under runs/train).")
+    ] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: <runs-dir>/compare).")] = None,
+    images: Annotated[Optional[int], typer.Option(help=f"Real images in the grid. {default_of('compare.images')}")] = None,
+    device: DeviceOpt = None,
+    data_dir: DataDirOpt = None,
+    runs_dir: RunsDirOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Compare trained runs: curves, test and real-photo IoU, predictions side by side."""
+    from lunar_cli.compare import compare_runs
+
+    cfg = load_config(
+        config,
+        {"compare.out": out, "compare.images": images, "device": device, "data_dir": data_dir, "runs_dir": runs_dir},
+    )
+    result = compare_runs(
+        runs or None, runs_dir=cfg.runs_dir, data_dir=cfg.data_dir, out_dir=cfg.compare.out, device=cfg.device,
+        n_images=cfg.compare.images, progress=not json_out,
+    )  # fmt: skip
+    report(result, json_out, "compare")
