@@ -170,7 +170,7 @@ def side_by_side_predictions(
     rows: list[int] = []
     preds = []  # per run: (n_images, H, W) at the shown size
     for run in runs:
-        loaded = load_model(Path(run) / "best.pt", dev, channels_last=True)
+        loaded = load_model(Path(run) / "best.pt", dev)
         split = build_or_load_cache(pairs, loaded.image_size, Path(data_dir) / "cache", name=split_name, progress=progress)
         if shown is None:
             shown, rows = split, pick_images(split, n_images)

@@ -98,8 +98,6 @@ class TrainConfig:
     patience: Union[int, None] = None  # stop after N epochs without a better val mIoU; null = never
     name: Union[str, None] = None  # run folder name under runs/train (default: the backbone, numbered)
     exist_ok: bool = False  # reuse runs/train/<name> instead of making <name>2, <name>3, ...
-    amp: bool = True  # mixed precision on GPU (bf16 where supported); ignored on CPU
-    channels_last: bool = True  # channels-last memory layout on GPU
     compile: bool = False  # torch.compile the model (GPU; slow first epoch)
     deterministic: bool = False  # deterministic algorithms (exact resume on CPU; slower on GPU)
 
@@ -131,7 +129,6 @@ class PredictConfig:
     hazard: bool = False  # also write a hazard/safe-ground map and the largest safe region
     hazard_margin: int = 15  # pixels of clearance around rocks in the hazard map
     batch_size: int = 8  # images (or tiles) per forward pass
-    amp: bool = True  # mixed precision on GPU
     strict: bool = False  # stop at the first image that fails instead of skipping it
 
 
@@ -151,6 +148,8 @@ class Config:
     runs_dir: Path = Path("runs")  # where runs (train, eval, eda) are written
     seed: int = 42  # one seed for generation, splitting, augmentation and training
     device: str = "auto"  # auto (cuda, then mps, then cpu) | cpu | cuda | cuda:N | mps
+    amp: Union[bool, None] = None  # mixed precision; null: where it runs well (GPU; CPU with AMX or AVX512-BF16)
+    channels_last: Union[bool, None] = None  # channels-last memory layout; null: the faster one for the model
     fetch: FetchConfig = field(default_factory=FetchConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -231,8 +230,9 @@ ON_RESUME: dict[str, tuple[str, str]] = {
     "data.workers": ("apply", ""),
     "device": ("apply", ""),
     "data_dir": ("note", "it must hold the same dataset"),
+    "channels_last": ("apply", ""),
 }
-RESUME_SECTIONS = ("train.", "data.", "seed", "device", "data_dir", "runs_dir")
+RESUME_SECTIONS = ("train.", "data.", "seed", "device", "amp", "channels_last", "data_dir", "runs_dir")
 
 
 def parse_class_weights(text: str | None) -> Union[List[float], str, None]:

@@ -146,30 +146,27 @@ def miou_per_image(matrices: "torch.Tensor") -> np.ndarray:
 
 
 def score_split(
-    loaded: "LoadedModel", split: "CachedSplit", *, batch_size: int, limit: int | None, amp: bool,
-    progress: bool, name: str,
+    loaded: "LoadedModel", split: "CachedSplit", *, batch_size: int, limit: int | None, progress: bool, name: str,
 ) -> tuple["torch.Tensor", np.ndarray, np.ndarray]:  # fmt: skip
     """Return (confusion matrix of the split, row numbers scored, mIoU of each of those images)."""
     import torch
 
     from lunar_cli.console import track
     from lunar_cli.data.dataset import BatchLoader
-    from lunar_cli.runtime import autocast_for
     from lunar_cli.metrics import ConfusionMatrix
 
     norm = loaded.meta["normalization"]
-    on_gpu = loaded.device.type == "cuda"
     # The training's own val loader (no augmentation, in order): same pixels, same maths.
     loader = BatchLoader(
         split, batch_size=batch_size, shuffle=False, augment=None, mean=norm["mean"], std=norm["std"],
-        device=loaded.device, seed=0, limit=limit, channels_last=on_gpu,
+        device=loaded.device, seed=0, limit=limit, channels_last=loaded.precision.channels_last,
     )  # fmt: skip
     matrix = ConfusionMatrix(NUM_CLASSES)
     per_image: list[np.ndarray] = []
     loaded.model.eval()
     with torch.inference_mode():
         for images, masks in track(loader, f"evaluating {name}", total=len(loader), quiet=not progress):
-            with autocast_for(loaded.device, amp)[0]():
+            with loaded.precision.autocast():
                 logits = loaded.model(images)
             pred = predicted_classes(logits, dim=1)
             matrix.update(pred, masks)  # also refuses masks with class indices out of range
@@ -186,19 +183,19 @@ def best_and_worst(scores: np.ndarray, count: int) -> tuple[list[int], list[int]
     return ranked[:n_best], ranked[len(ranked) - n_worst :][::-1]
 
 
-def predict_rows(loaded: "LoadedModel", split: "CachedSplit", rows: Sequence[int], amp: bool = True) -> np.ndarray:
+def predict_rows(loaded: "LoadedModel", split: "CachedSplit", rows: Sequence[int]) -> np.ndarray:
     """Return the predicted class maps (N, H, W) uint8 of cache rows ``rows``."""
     from lunar_cli.inference import logits_for
 
     if not rows:
         return np.zeros((0, *split.masks.shape[1:]), np.uint8)
     images = np.ascontiguousarray(split.images[list(rows)])
-    return predicted_classes(logits_for(loaded, images, amp), dim=1).to("cpu").numpy().astype(np.uint8)
+    return predicted_classes(logits_for(loaded, images), dim=1).to("cpu").numpy().astype(np.uint8)
 
 
 def plot_best_and_worst(
     path: Path, loaded: "LoadedModel", split: "CachedSplit", rows: np.ndarray, scores: np.ndarray,
-    count: int, title: str, amp: bool,
+    count: int, title: str,
 ) -> Path | None:  # fmt: skip
     """Write the ``count`` best and worst predictions (image | truth | prediction); return the path."""
     from lunar_cli.plots import plot_prediction_grid
@@ -207,7 +204,7 @@ def plot_best_and_worst(
     if not best and not worst:
         return None
     chosen = [("best", p) for p in best] + [("worst", p) for p in worst]
-    preds = predict_rows(loaded, split, [int(rows[p]) for _, p in chosen], amp)
+    preds = predict_rows(loaded, split, [int(rows[p]) for _, p in chosen])
     grid = []
     for (kind, p), pred in zip(chosen, preds):
         row = int(rows[p])
@@ -218,7 +215,8 @@ def plot_best_and_worst(
 
 def evaluate_model(
     target: Path, *, data_dir: Path, splits: Sequence[str] = DEFAULT_SPLITS, batch_size: int = 8,
-    device: str = "auto", limit: int | None = None, workers: int | None = None, amp: bool = True, grid: int = 3,
+    device: str = "auto", limit: int | None = None, workers: int | None = None, amp: bool | None = None,
+    channels_last: bool | None = None, grid: int = 3,
     skip_bad: bool = False, progress: bool = True,
 ) -> dict:  # fmt: skip
     """Score a trained model (run folder or checkpoint) on each split; write eval.json and figures; return the numbers.
@@ -239,7 +237,7 @@ def evaluate_model(
     checkpoint = resolve_checkpoint(target)
     names = splits_to_score(splits, data_dir)
     dev = select_device(device)
-    loaded = load_model(checkpoint, dev, channels_last=True)
+    loaded = load_model(checkpoint, dev, amp, channels_last)
     backbone = loaded.meta["backbone"]
     # "vgg11 run unet3" reads better than "vgg11" alone when runs of one backbone are compared.
     model_name = checkpoint.parent.name if checkpoint.name == "best.pt" else checkpoint.stem
@@ -256,7 +254,7 @@ def evaluate_model(
         )  # fmt: skip
         start = time.perf_counter()
         matrix, rows, scores = score_split(
-            loaded, split, batch_size=batch_size, limit=limit, amp=amp, progress=progress, name=name
+            loaded, split, batch_size=batch_size, limit=limit, progress=progress, name=name
         )
         seconds = time.perf_counter() - start
         summary = summarize(matrix, CLASS_NAMES)
@@ -279,7 +277,7 @@ def evaluate_model(
         if grid > 0:
             figure = plot_best_and_worst(
                 results_path(checkpoint, f"predictions_{name}.png"), loaded, split, rows, scores, grid,
-                f"{shown} on {SPLIT_TITLES.get(name, name)}: best and worst images by mIoU", amp,
+                f"{shown} on {SPLIT_TITLES.get(name, name)}: best and worst images by mIoU",
             )  # fmt: skip
             if figure is not None:
                 files.append(str(figure))

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+    from lunar_cli.runtime import Precision
+
 
 @dataclass
 class LoadedModel:
@@ -25,6 +27,7 @@ class LoadedModel:
     meta: dict
     path: Path
     device: "torch.device"
+    precision: "Precision"
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -57,18 +60,25 @@ def find_model(model: Path | None, runs_dir: Path, models_dir: Path = Path("mode
     return newest, True
 
 
-def load_model(path: Path, device: "torch.device | str" = "cpu", channels_last: bool = False) -> LoadedModel:
-    """Return the model in ``path`` (a lunar checkpoint) on ``device`` in eval mode."""
+def load_model(
+    path: Path, device: "torch.device | str" = "cpu", amp: bool | None = None, channels_last: bool | None = None
+) -> LoadedModel:
+    """Return the model in ``path`` (a lunar checkpoint) on ``device`` in eval mode, in its best precision.
+
+    ``amp`` and ``channels_last`` as in ``runtime.choose_precision`` (None: automatic).
+    """
     import torch
 
     from lunar_cli.models.checkpoint import build_from_checkpoint, load_checkpoint
+    from lunar_cli.runtime import choose_precision
 
     device = torch.device(device)
     ckpt = load_checkpoint(Path(path))
+    precision = choose_precision(device, amp, channels_last)
     model = build_from_checkpoint(ckpt, name=str(path)).to(device)
-    if channels_last and device.type == "cuda":
+    if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return LoadedModel(model=model, meta=ckpt["meta"], path=Path(path), device=device)
+    return LoadedModel(model=model, meta=ckpt["meta"], path=Path(path), device=device, precision=precision)
 
 
 def to_input(images: "torch.Tensor | np.ndarray", meta: dict, device: "torch.device") -> "torch.Tensor":
@@ -82,11 +92,12 @@ def to_input(images: "torch.Tensor | np.ndarray", meta: dict, device: "torch.dev
     return (x - mean) / std
 
 
-def logits_for(loaded: LoadedModel, images: Any, amp: bool = True) -> "torch.Tensor":
+def logits_for(loaded: LoadedModel, images: Any) -> "torch.Tensor":
     """Return float32 logits (N, C, H, W) for uint8 images (N, H, W, 3) already at the model's size."""
     import torch
 
-    from lunar_cli.runtime import autocast_for
-
-    with torch.inference_mode(), autocast_for(loaded.device, amp)[0]():
-        return loaded.model(to_input(images, loaded.meta, loaded.device)).float()
+    x = to_input(images, loaded.meta, loaded.device)
+    if loaded.precision.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode(), loaded.precision.autocast():
+        return loaded.model(x).float()

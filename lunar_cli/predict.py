@@ -166,7 +166,7 @@ def read_photo(path: Path) -> tuple[np.ndarray, str | None]:
     return to_rgb_uint8(img, str(path)), (" ".join(notes) or None)
 
 
-def batch_logits(loaded: "LoadedModel", photos: list[np.ndarray], amp: bool = True) -> "torch.Tensor":
+def batch_logits(loaded: "LoadedModel", photos: list[np.ndarray]) -> "torch.Tensor":
     """Return logits (N, C, h, w) on the model's device for photos resized to the model's size."""
     import cv2
 
@@ -174,7 +174,7 @@ def batch_logits(loaded: "LoadedModel", photos: list[np.ndarray], amp: bool = Tr
 
     mh, mw = loaded.image_size
     small = [p if p.shape[:2] == (mh, mw) else cv2.resize(p, (mw, mh), interpolation=cv2.INTER_AREA) for p in photos]
-    return logits_for(loaded, np.stack(small), amp)
+    return logits_for(loaded, np.stack(small))
 
 
 def tile_starts(length: int, window: int, overlap: float) -> list[int]:
@@ -196,7 +196,7 @@ def blend_window(height: int, width: int) -> np.ndarray:
 
 
 def tiled_logits(
-    loaded: "LoadedModel", photo: np.ndarray, overlap: float, batch_size: int, amp: bool = True
+    loaded: "LoadedModel", photo: np.ndarray, overlap: float, batch_size: int
 ) -> "torch.Tensor":
     """Return logits (C, H, W) on CPU for a photo of any size, by sliding windows at the model's own size.
 
@@ -220,7 +220,7 @@ def tiled_logits(
     norm = torch.zeros(ph, pw)
     for i in range(0, len(windows), batch_size):
         chunk = windows[i : i + batch_size]
-        logits = logits_for(loaded, np.stack([padded[y : y + th, x : x + tw] for y, x in chunk]), amp).cpu()
+        logits = logits_for(loaded, np.stack([padded[y : y + th, x : x + tw] for y, x in chunk])).cpu()
         if total is None:
             total = torch.zeros(logits.shape[1], ph, pw)
         for (y, x), window_logits in zip(chunk, logits):
@@ -319,7 +319,8 @@ def _shared_plan(dist, make) -> dict[str, Any]:
 def run_predict(
     inputs: list[str], *, output: Path, model: Path | None, runs_dir: Path, fmt: str = "rgb",
     tile: bool = False, tile_overlap: float = 0.25, hazard: bool = False, hazard_margin: int = 15,
-    batch_size: int = 8, device: str = "auto", amp: bool = True, strict: bool = False,
+    batch_size: int = 8, device: str = "auto", amp: bool | None = None, channels_last: bool | None = None,
+    strict: bool = False,
     progress: bool = True, stdin: TextIO | None = None,
 ) -> dict:  # fmt: skip
     """Predict masks for the inputs; return {"model":..., "records": [...], "failed": [...], "written": n}.
@@ -345,12 +346,12 @@ def run_predict(
             raise LunarError(f"{plan['problems'][0]['reason']} (--strict: nothing predicted)")
         for problem in plan["problems"] if dist.is_main else []:
             warn(problem["reason"])
-        loaded = load_model(Path(plan["model"]), dev)
+        loaded = load_model(Path(plan["model"]), dev, amp, channels_last)
         if dev.type == "cuda" and not tile:
             torch.backends.cudnn.benchmark = True  # every batch has the model's fixed input size
         jobs = list(range(len(plan["inputs"])))[dist.rank :: dist.world_size]
         done, failed = _predict_share(loaded, plan, jobs, fmt=fmt, tile=tile, tile_overlap=tile_overlap,
-                                      hazard_margin=hazard_margin, batch_size=batch_size, amp=amp,
+                                      hazard_margin=hazard_margin, batch_size=batch_size,
                                       strict=strict, progress=progress and dist.is_main)  # fmt: skip
         everyone_failed = failed
         if dist.enabled:
@@ -385,7 +386,7 @@ def _gather(dist, done: list, failed: list) -> tuple[list, list, list]:
 
 def _predict_share(
     loaded: "LoadedModel", plan: dict[str, Any], jobs: list[int], *, fmt: str, tile: bool, tile_overlap: float,
-    hazard_margin: int, batch_size: int, amp: bool, strict: bool, progress: bool,
+    hazard_margin: int, batch_size: int, strict: bool, progress: bool,
 ) -> tuple[list[tuple[int, dict]], list[dict[str, Any]]]:  # fmt: skip
     """Predict the inputs numbered ``jobs``; return ([(job, record)], failures)."""
     import cv2
@@ -421,7 +422,7 @@ def _predict_share(
         if not pending:
             return
         start = time.perf_counter()
-        logits = batch_logits(loaded, [photo for _, photo, _ in pending], amp)
+        logits = batch_logits(loaded, [photo for _, photo, _ in pending])
         share = (time.perf_counter() - start) / len(pending)
         for (job, photo, read_seconds), image_logits in zip(pending, logits):
             finish(job, photo, image_logits, read_seconds + share)
@@ -450,7 +451,7 @@ def _predict_share(
         seconds = time.perf_counter() - start
         if tile:
             start = time.perf_counter()
-            logits = tiled_logits(loaded, photo, tile_overlap, batch_size, amp)
+            logits = tiled_logits(loaded, photo, tile_overlap, batch_size)
             finish(job, photo, logits, seconds + time.perf_counter() - start)
         else:
             pending.append((job, photo, seconds))

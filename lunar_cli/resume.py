@@ -57,10 +57,10 @@ def _same(key: str, old: Any, new: Any) -> bool:
     return False
 
 
-def _shown(value: Any) -> str:
-    """Return a value as a flag takes it: ``0.5``, ``1,1,5,5``, ``none``."""
+def _shown(value: Any, key: str = "") -> str:
+    """Return a value as a flag takes it: ``0.5``, ``1,1,5,5``, ``none`` (``auto`` for automatic choices)."""
     if value is None:
-        return "none"
+        return "auto" if key in ("amp", "channels_last") else "none"
     if isinstance(value, (list, tuple)):
         return ",".join(_shown(v) for v in value)
     if isinstance(value, float):
@@ -93,14 +93,14 @@ def resume_changes(saved: Mapping[str, Any], cfg: Config, flag_keys: set[str]) -
         given = _spelled(key, new, key in flag_keys)
         if action == "refuse":
             raise LunarError(
-                f"{given}: cannot change when resuming ({why}; the run has {_shown(old)}); "
+                f"{given}: cannot change when resuming ({why}; the run has {_shown(old, key)}); "
                 "leave it out, or start a new run"
             )
         if action == "apply":
-            said.append(("info", f"resume: {given} (the run had {_shown(old)})"))
+            said.append(("info", f"resume: {given} (the run had {_shown(old, key)})"))
         else:
             reason = why or "the run will no longer match an uninterrupted one"
-            said.append(("warn", f"resume: {given} (the run had {_shown(old)}); {reason}"))
+            said.append(("warn", f"resume: {given} (the run had {_shown(old, key)}); {reason}"))
     return said
 
 

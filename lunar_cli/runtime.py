@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lunar_cli.console import LunarError
@@ -43,20 +44,84 @@ class Dist:
         return self.world_size > 1
 
 
-def autocast_for(device: "torch.device", amp: bool):
-    """Return (autocast context factory, GradScaler or None): mixed precision on GPU, fp32 elsewhere.
+@dataclass(frozen=True)
+class Precision:
+    """How a model runs on its device: the autocast dtype (None: fp32), the memory layout, and how to say it."""
 
-    bf16 where the GPU supports it (no scaler needed), else fp16 with a GradScaler.
+    device_type: str
+    dtype: "torch.dtype | None"
+    channels_last: bool
+    label: str  # for the log line that names the device, e.g. "cpu, bf16 autocast (AVX512-BF16), channels-last"
+
+    def autocast(self):
+        """Return the autocast context for a forward pass (a no-op in fp32)."""
+        import contextlib
+
+        import torch
+
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self):
+        """Return a GradScaler where the dtype needs one (fp16 on CUDA), else None."""
+        import torch
+
+        return torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+
+
+def cpu_bf16_support() -> str | None:
+    """Return what runs bf16 convolutions natively on this CPU ("AMX", "AVX512-BF16"), or None.
+
+    oneDNN also runs bf16 on CPUs without these instructions, by emulation, which is slower
+    than fp32; so only the native instructions count.
     """
-    import contextlib
-
     import torch
 
-    if not amp or device.type != "cuda":
-        return contextlib.nullcontext, None
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
-    return (lambda: torch.autocast("cuda", dtype=dtype)), scaler
+    if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return None
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n", 1)[0].split())
+    except (OSError, IndexError):
+        return None
+    if "amx_bf16" in flags:
+        return "AMX"
+    if "avx512_bf16" in flags:
+        return "AVX512-BF16"
+    return None
+
+
+# Device types where channels-last is the faster layout. Measured for every model family (custom,
+# vgg11, resnet18, mobilenet_v3_large), training and inference, fp32 and bf16: see bench/RESULTS.md.
+CHANNELS_LAST_DEVICES = ("cuda", "cpu")
+
+
+def choose_precision(device: "torch.device", amp: bool | None, channels_last: bool | None) -> Precision:
+    """Return how to run a model on ``device``.
+
+    ``amp`` None picks mixed precision where the hardware runs it well (CUDA: bf16, else
+    fp16; CPU: bf16 with AMX or AVX512-BF16), True asks for it (on a CPU without bf16 it
+    falls back to fp32, said in one line), False is fp32. ``channels_last`` None picks
+    the faster layout on this device type.
+    """
+    import torch
+
+    from lunar_cli.console import warn
+
+    kind = device.type
+    dtype, how = None, "fp32"
+    if kind == "cuda" and amp is not False:
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        how = f"{'bf16' if dtype == torch.bfloat16 else 'fp16'} autocast"
+    elif kind == "cpu" and amp is not False:
+        support = cpu_bf16_support()
+        if support is not None:
+            dtype, how = torch.bfloat16, f"bf16 autocast ({support})"
+        elif amp:
+            warn("--amp: this CPU has no native bf16 (AMX or AVX512-BF16); running in fp32")
+    layout = kind in CHANNELS_LAST_DEVICES if channels_last is None else channels_last
+    label = f"{device}, {how}" + (", channels-last" if layout else "")
+    return Precision(device_type=kind, dtype=dtype, channels_last=layout, label=label)
 
 
 def select_device(name: str = "auto", local_rank: int = 0) -> "torch.device":

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from lunar_cli.classes import CLASS_NAMES, NUM_CLASSES
 from lunar_cli.config import Config, as_dict
-from lunar_cli.console import LunarError, info
+from lunar_cli.console import LunarError, info, warn
 from lunar_cli.runtime import Dist
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
     from lunar_cli.data.dataset import BatchLoader
     from lunar_cli.data.loaders import Loaders
+    from lunar_cli.runtime import Precision
     from lunar_cli.train_log import EpochProgress
 
 HISTORY_FIELDS = [
@@ -64,7 +65,7 @@ class Run:
     optimizer: "torch.optim.Optimizer"
     scheduler: Any
     scaler: Any
-    autocast: Callable
+    precision: "Precision"
     criterion: Callable
     meta: dict  # checkpoint_meta arguments that do not change during the run
 
@@ -103,20 +104,20 @@ def build_run(cfg: Config, dist: Dist, device: "torch.device", run_dir: Path, fr
     from lunar_cli.data.loaders import make_loaders
     from lunar_cli.models.registry import build_model, friendly_name, normalization, smp_encoder_name
     from lunar_cli.recipe import make_criterion, make_optimizer, make_scheduler
-    from lunar_cli.runtime import autocast_for
+    from lunar_cli.runtime import choose_precision
 
     t, on_gpu = cfg.train, device.type == "cuda"
     backbone = friendly_name(t.backbone)
     norm = normalization(backbone)
-    channels_last = t.channels_last and on_gpu
+    precision = choose_precision(device, cfg.amp, cfg.channels_last)
     loaders = make_loaders(
         cfg.data_dir, cfg.data, batch_size=t.batch_size, normalization=norm, device=device, seed=cfg.seed,
-        dist=dist, channels_last=channels_last, progress=progress,
+        dist=dist, channels_last=precision.channels_last, progress=progress,
     )  # fmt: skip
     # A resumed run's weights come from its checkpoint: never download encoder weights for it.
     weights = None if not fresh or backbone == "custom" or t.encoder_weights == "none" else t.encoder_weights
     model = build_model(backbone, encoder_weights=weights).to(device)
-    if channels_last:
+    if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, t)
     net = model
@@ -126,13 +127,12 @@ def build_run(cfg: Config, dist: Dist, device: "torch.device", run_dir: Path, fr
         net = DistributedDataParallel(model, device_ids=[device.index] if on_gpu else None)
     if t.compile:
         net = torch.compile(net)
-    autocast, scaler = autocast_for(device, t.amp)
     meta = dict(backbone=backbone, encoder=smp_encoder_name(backbone), image_size=cfg.data.image_size,
                 normalization=norm, model_kwargs={})  # fmt: skip
     return Run(
         cfg=cfg, dist=dist, device=device, run_dir=run_dir, backbone=backbone, model=model, net=net,
         loaders=loaders, optimizer=optimizer, scheduler=make_scheduler(optimizer, t.scheduler, t.epochs),
-        scaler=scaler, autocast=autocast, criterion=make_criterion(t.loss, t.class_weights, loaders.class_pixels, device),
+        scaler=precision.grad_scaler(), precision=precision, criterion=make_criterion(t.loss, t.class_weights, loaders.class_pixels, device),
         meta=meta,
     )  # fmt: skip
 
@@ -155,6 +155,11 @@ def restore(run: Run, ckpt: dict) -> TrainState:
         run.scaler.load_state_dict(saved["scaler"])
     set_hyperparameters(run.optimizer, run.scheduler, run.cfg.train)
     set_rng_state(saved["rng"])
+    before, asked = saved.get("precision"), saved["config"]
+    same_request = (asked.get("amp"), asked.get("channels_last")) == (run.cfg.amp, run.cfg.channels_last)
+    if before not in (None, run.precision.label) and same_request and run.dist.is_main:  # flags say their own line
+        warn(f"resume: this machine runs the model as {run.precision.label}, the run so far ran as {before}; "
+             "numbers will differ slightly from an uninterrupted run")
     return TrainState(epoch=saved["epoch"], history=list(saved["history"]), best_miou=saved["best_miou"],
                       best_epoch=saved["best_epoch"], stale=saved["stale"])  # fmt: skip
 
@@ -218,12 +223,12 @@ def run_epoch(run: Run, epoch: int, bar: "EpochProgress") -> dict:
     run.loaders.train.set_epoch(epoch)
     with bar.epoch(epoch, len(run.loaders.train)) as update:
         train_loss, seen, seconds = train_one_epoch(
-            run.net, run.loaders.train, run.criterion, run.optimizer, run.scaler, run.autocast, update
+            run.net, run.loaders.train, run.criterion, run.optimizer, run.scaler, run.precision.autocast, update
         )
     if run.dist.enabled:
         totals = all_reduce_sum(torch.tensor([train_loss * seen, seen], dtype=torch.float64), run.dist)
         train_loss, seen = float(totals[0] / totals[1]), int(totals[1])
-    val_loss, summary = validate(run.model, run.loaders.val, run.criterion, run.autocast)
+    val_loss, summary = validate(run.model, run.loaders.val, run.criterion, run.precision.autocast)
     lr = run.optimizer.param_groups[0]["lr"]
     if run.scheduler is not None:
         miou = summary["miou"] if summary["miou"] is not None else float("nan")
@@ -252,6 +257,7 @@ def save_last(run: Run, state: TrainState) -> None:
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
         "scaler": run.scaler.state_dict() if run.scaler is not None else None, "rng": rng_state(),
+        "precision": run.precision.label,
     }  # fmt: skip
     save_checkpoint(run.run_dir / "last.pt", model_state=run.model.state_dict(), meta=_checkpoint_meta(run, state),
                     extra={"train_state": train_state})  # fmt: skip
@@ -335,7 +341,7 @@ def _say_start(run: Run, resumed_at: int | None) -> None:
     n_params = sum(p.numel() for p in run.model.parameters())
     procs = f" x{run.dist.world_size} processes" if run.dist.enabled else ""
     info(
-        f"training {run.backbone} ({n_params / 1e6:.2f}M parameters) on {run.device}{procs}: "
+        f"training {run.backbone} ({n_params / 1e6:.2f}M parameters) on {run.precision.label}{procs}: "
         f"{len(run.loaders.train.indices)} train / {len(run.loaders.val.indices)} val images at "
         f"{run.cfg.data.image_size}px, {t.epochs} epochs -> {run.run_dir}"
     )

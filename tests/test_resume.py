@@ -37,6 +37,7 @@ CHANGES = {
     "--name": (["--name", "other"], "refuse"),
     "--exist-ok": (["--exist-ok"], "refuse"),
     "--amp": (["--no-amp"], "note"),
+    "--channels-last": (["--no-channels-last"], "apply"),
     "--compile": (["--compile"], "note"),
     "--deterministic": (["--deterministic"], "note"),
     "--workers": (["--workers", "1"], "apply"),

@@ -67,6 +67,14 @@ DeviceOpt = Annotated[
 ImageSizeOpt = Annotated[
     Optional[int], typer.Option("--image-size", help=f"Square size, multiple of 32. {default_of('data.image_size')}")
 ]
+AmpOpt = Annotated[
+    Optional[bool],
+    typer.Option("--amp/--no-amp", help="Mixed precision (bf16/fp16). [default: where the GPU or CPU runs it well]"),
+]
+ChannelsLastOpt = Annotated[
+    Optional[bool],
+    typer.Option("--channels-last/--no-channels-last", help="Channels-last memory layout. [default: the faster one]"),
+]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only N images per split (quick runs).")]
 WorkersOpt = Annotated[
     Optional[int], typer.Option("--workers", help="Processes decoding images into the cache (default: all cores).")

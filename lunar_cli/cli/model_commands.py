@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from lunar_cli.cli.app import (
+    AmpOpt,
+    ChannelsLastOpt,
     ConfigOpt,
     DataDirOpt,
     DeviceOpt,
@@ -57,7 +59,8 @@ def train(
         Optional[Path],
         typer.Option(help="Continue a run: its folder or a last.pt. Other flags change it or are refused."),
     ] = None,
-    amp: Annotated[Optional[bool], typer.Option("--amp/--no-amp", help="Mixed precision on GPU. [default: amp]")] = None,
+    amp: AmpOpt = None,
+    channels_last: ChannelsLastOpt = None,
     compile_model: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the model.")] = None,
     deterministic: Annotated[
         Optional[bool], typer.Option("--deterministic", help="Deterministic algorithms (exact resume).")
@@ -91,7 +94,8 @@ def train(
         "train.scheduler": scheduler,
         "train.name": name,
         "train.exist_ok": exist_ok,
-        "train.amp": amp,
+        "amp": amp,
+        "channels_last": channels_last,
         "train.compile": compile_model,
         "train.deterministic": deterministic,
         "seed": seed,
@@ -117,6 +121,8 @@ def evaluate(
     limit: LimitOpt = None,
     workers: WorkersOpt = None,
     device: DeviceOpt = None,
+    amp: AmpOpt = None,
+    channels_last: ChannelsLastOpt = None,
     data_dir: DataDirOpt = None,
     runs_dir: RunsDirOpt = None,
     config: ConfigOpt = None,
@@ -134,6 +140,8 @@ def evaluate(
             "data.limit": limit,
             "data.workers": workers,
             "device": device,
+            "amp": amp,
+            "channels_last": channels_last,
             "data_dir": data_dir,
             "runs_dir": runs_dir,
         },
@@ -141,7 +149,8 @@ def evaluate(
     model_path, _ = find_model(target, cfg.runs_dir)
     result = evaluate_model(
         model_path, data_dir=cfg.data_dir, splits=cfg.evaluate.splits, batch_size=cfg.evaluate.batch_size,
-        device=cfg.device, limit=cfg.data.limit, workers=cfg.data.workers, grid=cfg.evaluate.grid,
+        device=cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, limit=cfg.data.limit,
+        workers=cfg.data.workers, grid=cfg.evaluate.grid,
         progress=not json_out,
     )  # fmt: skip
     report(result, json_out, "evaluate")
@@ -170,6 +179,8 @@ def predict(
     batch_size: Annotated[Optional[int], typer.Option(help=f"Images per pass. {default_of('predict.batch_size')}")] = None,
     strict: Annotated[Optional[bool], typer.Option("--strict", help="Stop at the first image that fails.")] = None,
     device: DeviceOpt = None,
+    amp: AmpOpt = None,
+    channels_last: ChannelsLastOpt = None,
     runs_dir: RunsDirOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
@@ -188,6 +199,8 @@ def predict(
             "predict.batch_size": batch_size,
             "predict.strict": strict,
             "device": device,
+            "amp": amp,
+            "channels_last": channels_last,
             "runs_dir": runs_dir,
         },
     )
@@ -195,7 +208,7 @@ def predict(
     result = run_predict(
         inputs, output=output, model=model, runs_dir=cfg.runs_dir, fmt=p.format, tile=p.tile,
         tile_overlap=p.tile_overlap, hazard=p.hazard, hazard_margin=p.hazard_margin, batch_size=p.batch_size,
-        device=cfg.device, amp=p.amp, strict=p.strict, progress=not json_out,
+        device=cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, strict=p.strict, progress=not json_out,
     )  # fmt: skip
     report(result, json_out, "predict")
     if result["failed"]:
