@@ -24,7 +24,6 @@ class LoadedModel:
 
     model: "torch.nn.Module"
     meta: dict
-    path: Path
     device: "torch.device"
 
     @property
@@ -69,7 +68,7 @@ def load_model(path: Path, device: "torch.device | str" = "cpu", channels_last: 
     model = build_from_checkpoint(ckpt, name=str(path)).to(device)
     if channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    return LoadedModel(model=model, meta=ckpt["meta"], path=Path(path), device=device)
+    return LoadedModel(model=model, meta=ckpt["meta"], device=device)
 
 
 def autocast(device: "torch.device", amp: bool = True):

@@ -96,13 +96,6 @@ class ConfusionMatrix:
         # The matrix follows the data's device so a GPU loop never copies per batch.
         self.matrix = self.matrix.to(batch.device) + batch
 
-    def reset(self) -> None:
-        """Zero the counts (keeps the device)."""
-        import torch
-
-        # A new tensor, so a matrix handed out earlier keeps its counts.
-        self.matrix = torch.zeros_like(self.matrix)
-
     def all_reduce(self) -> Tensor:
         """Sum the matrix over all DDP ranks in place (no-op without torch.distributed); return it."""
         import torch

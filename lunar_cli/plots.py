@@ -33,43 +33,6 @@ UNLABELED_RGB = (128, 128, 128)
 EDGE = "0.35"  # outline drawn around colour swatches and bars so black ground stays visible
 
 
-def plot_image_and_mask(path: Path, image: np.ndarray, mask: np.ndarray, title: str) -> Path:
-    """Write the image and its colour mask side by side; return ``path``."""
-    image, mask = _pair(image, mask)
-    fig = _figure(2 * PANEL_IN, _panel_height(image) + 0.9)
-    ax_img, ax_mask = fig.subplots(1, 2)
-    _show(ax_img, image, "image")
-    _show(ax_mask, _mask_rgb(mask), "mask")
-    return _finish(fig, path, title, unlabeled=_has_unlabeled(mask))
-
-
-def plot_overlay(path: Path, image: np.ndarray, mask: np.ndarray, title: str, alpha: float = 0.45) -> Path:
-    """Write the image with its colour mask blended on top (``alpha`` = mask weight); return ``path``."""
-    image, mask = _pair(image, mask)
-    blend = (1 - alpha) * image.astype(np.float32) + alpha * _mask_rgb(mask).astype(np.float32)
-    fig = _figure(1.6 * PANEL_IN, 1.6 * _panel_height(image) + 0.9)
-    _show(fig.subplots(), blend.round().clip(0, 255).astype(np.uint8))
-    return _finish(fig, path, title, unlabeled=_has_unlabeled(mask))
-
-
-def plot_class_channels(path: Path, image: np.ndarray, mask: np.ndarray, title: str) -> Path:
-    """Write the image and one white-on-black panel per class (its binary channel); return ``path``."""
-    image, mask = _pair(image, mask)
-    width = 2.4  # five panels in a row
-    fig = _figure(width * (1 + NUM_CLASSES), width * image.shape[0] / image.shape[1] + 0.9)
-    axes = fig.subplots(1, 1 + NUM_CLASSES)
-    _show(axes[0], image, "image")
-    labeled = max(int((mask != IGNORE_INDEX).sum()), 1)
-    for ax, cls in zip(axes[1:], CLASSES):
-        channel = mask == cls.index
-        ax.imshow(channel, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        _frame(ax, f"{cls.name} {channel.sum() / labeled:.1%}")
-        for spine in ax.spines.values():  # frame in the class colour ties the panel to the legend
-            spine.set_edgecolor(_colour(cls.rgb))
-            spine.set_linewidth(3)
-    return _finish(fig, path, title, unlabeled=_has_unlabeled(mask))
-
-
 def plot_examples_grid(path: Path, rows: list[tuple[str, np.ndarray, np.ndarray]], title: str) -> Path:
     """Write one row per (label, image, mask): image | mask, labelled on the left; return ``path``."""
     if not rows:
@@ -82,26 +45,6 @@ def plot_examples_grid(path: Path, rows: list[tuple[str, np.ndarray, np.ndarray]
         _show(axes[r, 1], _mask_rgb(mask), "mask" if r == 0 else None)
         axes[r, 0].set_ylabel(label, fontsize=9)
     return _finish(fig, path, title, unlabeled=any(_has_unlabeled(m) for _, m in pairs))
-
-
-def plot_class_shares(path: Path, shares: dict[str, float], title: str, ylabel: str) -> Path:
-    """Write a bar chart of one value per class, each bar in its class colour; return ``path``.
-
-    Values up to 1 are labelled as percentages (pixel shares); larger ones as numbers.
-    """
-    if not shares:
-        raise LunarError(f"{path}: no class shares to plot")
-    names, values = list(shares), [float(v) for v in shares.values()]
-    fig = _figure(5.5, 3.8)
-    ax = fig.subplots()
-    bars = ax.bar(names, values, color=[_class_colour(n) for n in names], edgecolor=EDGE, linewidth=1.2)
-    labels = [f"{v:.1%}" for v in values] if max(values) <= 1 else [f"{v:.3g}" for v in values]
-    ax.bar_label(bars, labels=labels, padding=2, fontsize=9)
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, max(max(values), 1e-9) * 1.15)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_axisbelow(True)
-    return _finish(fig, path, title, names=[n for n in names if n in CLASS_NAMES])
 
 
 def plot_heatmaps(path: Path, heatmaps: np.ndarray, title: str, shared_scale: bool = False) -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import difflib
-import fnmatch
 import inspect
 import threading
 from pathlib import Path
@@ -48,14 +47,6 @@ def _smp_encoder_names() -> list[str]:
     import segmentation_models_pytorch as smp
 
     return list(smp.encoders.get_encoder_names())
-
-
-def list_backbones(pattern: str = "*", include_smp: bool = False) -> list[str]:
-    """Return the backbone names matching a glob ``pattern`` (friendly names, then smp's)."""
-    names = list(BACKBONES)
-    if include_smp:
-        names += sorted(set(_smp_encoder_names()) - set(names))
-    return [n for n in names if fnmatch.fnmatchcase(n, pattern.lower())]
 
 
 def smp_encoder_name(backbone: str) -> str | None:
