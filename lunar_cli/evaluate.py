@@ -124,7 +124,7 @@ def splits_to_score(requested: Sequence[str], data_dir: Path) -> list[str]:
     return present
 
 
-def image_matrices(pred: "torch.Tensor", target: "torch.Tensor", num_classes: int = NUM_CLASSES) -> "torch.Tensor":
+def image_matrices(pred: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
     """Return one (C, C) confusion matrix per image, shape (N, C, C), from (N, H, W) class maps.
 
     One bincount for the whole batch: image i's counts sit in bins offset by i * (C*C + 1);
@@ -134,12 +134,12 @@ def image_matrices(pred: "torch.Tensor", target: "torch.Tensor", num_classes: in
 
     from lunar_cli.metrics import IGNORE_INDEX
 
-    n, bins = pred.shape[0], num_classes * num_classes + 1
+    n, bins = pred.shape[0], NUM_CLASSES * NUM_CLASSES + 1
     target = target.reshape(n, -1).long()
-    cell = torch.where(target != IGNORE_INDEX, target * num_classes + pred.reshape(n, -1).long(), bins - 1)
+    cell = torch.where(target != IGNORE_INDEX, target * NUM_CLASSES + pred.reshape(n, -1).long(), bins - 1)
     cell = cell + torch.arange(n, device=cell.device).view(n, 1) * bins
     counts = torch.bincount(cell.reshape(-1), minlength=n * bins).view(n, bins)
-    return counts[:, :-1].reshape(n, num_classes, num_classes)
+    return counts[:, :-1].reshape(n, NUM_CLASSES, NUM_CLASSES)
 
 
 def miou_per_image(matrices: "torch.Tensor") -> np.ndarray:
@@ -150,8 +150,7 @@ def miou_per_image(matrices: "torch.Tensor") -> np.ndarray:
 
 
 def score_split(
-    loaded: "LoadedModel", split: "CachedSplit", *, batch_size: int, limit: int | None, amp: bool,
-    progress: bool, name: str,
+    loaded: "LoadedModel", split: "CachedSplit", *, batch_size: int, limit: int | None, progress: bool, name: str,
 ) -> tuple["torch.Tensor", np.ndarray, np.ndarray]:  # fmt: skip
     """Return (confusion matrix of the split, row numbers scored, mIoU of each of those images)."""
     import torch
@@ -173,7 +172,7 @@ def score_split(
     loaded.model.eval()
     with torch.inference_mode():
         for images, masks in track(loader, f"evaluating {name}", total=len(loader), quiet=not progress):
-            with autocast(loaded.device, amp):
+            with autocast(loaded.device):
                 logits = loaded.model(images)
             pred = predicted_classes(logits, dim=1)
             matrix.update(pred, masks)  # also refuses masks with class indices out of range
@@ -190,19 +189,19 @@ def best_and_worst(scores: np.ndarray, count: int) -> tuple[list[int], list[int]
     return ranked[:n_best], ranked[len(ranked) - n_worst :][::-1]
 
 
-def predict_rows(loaded: "LoadedModel", split: "CachedSplit", rows: Sequence[int], amp: bool = True) -> np.ndarray:
+def predict_rows(loaded: "LoadedModel", split: "CachedSplit", rows: Sequence[int]) -> np.ndarray:
     """Return the predicted class maps (N, H, W) uint8 of cache rows ``rows``."""
     from lunar_cli.inference import logits_for
 
     if not rows:
         return np.zeros((0, *split.masks.shape[1:]), np.uint8)
     images = np.ascontiguousarray(split.images[list(rows)])
-    return predicted_classes(logits_for(loaded, images, amp), dim=1).to("cpu").numpy().astype(np.uint8)
+    return predicted_classes(logits_for(loaded, images), dim=1).to("cpu").numpy().astype(np.uint8)
 
 
 def plot_best_and_worst(
     path: Path, loaded: "LoadedModel", split: "CachedSplit", rows: np.ndarray, scores: np.ndarray,
-    count: int, title: str, amp: bool,
+    count: int, title: str,
 ) -> Path | None:  # fmt: skip
     """Write the ``count`` best and worst predictions (image | truth | prediction); return the path."""
     from lunar_cli.plots import plot_prediction_grid
@@ -211,7 +210,7 @@ def plot_best_and_worst(
     if not best and not worst:
         return None
     chosen = [("best", p) for p in best] + [("worst", p) for p in worst]
-    preds = predict_rows(loaded, split, [int(rows[p]) for _, p in chosen], amp)
+    preds = predict_rows(loaded, split, [int(rows[p]) for _, p in chosen])
     grid = []
     for (kind, p), pred in zip(chosen, preds):
         row = int(rows[p])
@@ -222,7 +221,7 @@ def plot_best_and_worst(
 
 def evaluate_model(
     target: Path, *, data_dir: Path, splits: Sequence[str] = DEFAULT_SPLITS, batch_size: int = 8,
-    device: str = "auto", limit: int | None = None, workers: int | None = None, amp: bool = True, grid: int = 3,
+    device: str = "auto", limit: int | None = None, workers: int | None = None, grid: int = 3,
     skip_bad: bool = False, progress: bool = True,
 ) -> dict:  # fmt: skip
     """Score a trained model (run folder or checkpoint) on each split; write eval.json and figures; return the numbers.
@@ -264,7 +263,7 @@ def evaluate_model(
         )  # fmt: skip
         start = time.perf_counter()
         matrix, rows, scores = score_split(
-            loaded, split, batch_size=batch_size, limit=limit, amp=amp, progress=progress, name=name
+            loaded, split, batch_size=batch_size, limit=limit, progress=progress, name=name
         )
         seconds = time.perf_counter() - start
         summary = summarize(matrix, CLASS_NAMES)
@@ -287,7 +286,7 @@ def evaluate_model(
         if grid > 0:
             figure = plot_best_and_worst(
                 results_path(checkpoint, f"predictions_{name}.png"), loaded, split, rows, scores, grid,
-                f"{shown} on {SPLIT_TITLES.get(name, name)}: best and worst images by mIoU", amp,
+                f"{shown} on {SPLIT_TITLES.get(name, name)}: best and worst images by mIoU",
             )  # fmt: skip
             if figure is not None:
                 files.append(str(figure))

@@ -44,7 +44,6 @@ def checkpoint_meta(
     epoch: int,
     best_metric: tuple[str, float | None] | None = None,
     model_kwargs: dict[str, Any] | None = None,
-    num_classes: int = NUM_CLASSES,
 ) -> dict[str, Any]:
     """Return the ``meta`` dict describing a model, for ``save_checkpoint``.
 
@@ -67,8 +66,8 @@ def checkpoint_meta(
         "backbone": friendly_name(backbone),
         "encoder": resolved,
         "model_kwargs": dict(model_kwargs or {}),
-        "num_classes": int(num_classes),
-        "classes": [{"index": c.index, "name": c.name, "rgb": list(c.rgb)} for c in CLASSES][:num_classes],
+        "num_classes": NUM_CLASSES,
+        "classes": [{"index": c.index, "name": c.name, "rgb": list(c.rgb)} for c in CLASSES],
         "image_size": size,
         "normalization": {
             "mean": [float(v) for v in normalization["mean"]],
@@ -162,7 +161,7 @@ def save_checkpoint(path: Path, *, model_state: dict, meta: dict, extra: dict | 
             ) from exc
 
 
-def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+def load_checkpoint(path: Path) -> dict[str, Any]:
     """Read a checkpoint with torch.load(weights_only=True); refuse anything that is not a lunar checkpoint.
 
     Returns the checkpoint dict (``meta``, ``model`` and whatever extra was saved).
@@ -188,7 +187,7 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # protocol warnings for foreign pickles
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only load failed" in str(exc).lower():
             raise LunarError(
@@ -252,18 +251,10 @@ def build_from_checkpoint(ckpt: dict[str, Any], name: str = "checkpoint") -> "to
     return model.eval()
 
 
-def check_compatible(
-    ckpt: dict[str, Any],
-    backbone: str | None = None,
-    *,
-    model_kwargs: dict[str, Any] | None = None,
-    num_classes: int | None = None,
-    name: str = "checkpoint",
-) -> None:
-    """Raise LunarError if ``ckpt`` is not the architecture asked for (used by --resume).
+def check_compatible(ckpt: dict[str, Any], backbone: str | None = None, *, name: str = "checkpoint") -> None:
+    """Raise LunarError if ``ckpt`` does not hold a ``backbone`` model (used by --resume).
 
-    Options left as None are not checked, so resuming without repeating them works.
-    Only ``model_kwargs`` keys present in both the request and the checkpoint are compared.
+    A backbone left as None is not checked, so resuming without repeating it works.
     """
     from lunar_cli.models.registry import smp_encoder_name
 
@@ -273,12 +264,3 @@ def check_compatible(
             f"{name}: holds a {meta['backbone']} model, not {backbone}; resume with --backbone "
             f"{meta['backbone']} (or leave it out), or start a new run"
         )
-    if num_classes is not None and num_classes != meta["num_classes"]:
-        raise LunarError(f"{name}: has {meta['num_classes']} classes, not {num_classes}; start a new run")
-    for key, value in (model_kwargs or {}).items():
-        saved = meta["model_kwargs"].get(key)
-        if value is not None and key in meta["model_kwargs"] and value != saved:
-            raise LunarError(
-                f"{name}: was trained with {key}={saved!r}, not {value!r}; "
-                "resume with the same value or start a new run"
-            )
