@@ -76,7 +76,7 @@ def read_metrics(run: Path) -> dict:
 
 
 def scores_for(
-    run: Path, label: str, *, data_dir: Path, device: str, batch_size: int, available: Sequence[str], progress: bool,
+    run: Path, label: str, *, data_dir: Path, device: str, available: Sequence[str], progress: bool,
 ) -> dict[str, dict]:  # fmt: skip
     """Return {split: results} for test and test_real of one run, evaluating the splits eval.json lacks."""
     from lunar_cli.evaluate import current_splits, evaluate_model
@@ -86,9 +86,7 @@ def scores_for(
     missing = [s for s in SCORE_SPLITS if s in available and s not in have]
     if missing:
         info(f"{label}: no up-to-date {' and '.join(missing)} results in eval.json; evaluating now")
-        result = evaluate_model(
-            checkpoint, data_dir=data_dir, splits=missing, batch_size=batch_size, device=device, progress=progress
-        )
+        result = evaluate_model(checkpoint, data_dir=data_dir, splits=missing, device=device, progress=progress)
         have.update(result["splits"])
     return {s: have[s] for s in SCORE_SPLITS if s in have}
 
@@ -192,7 +190,7 @@ def side_by_side_predictions(
 
 def compare_runs(
     runs: Sequence[Path] | None, *, runs_dir: Path, data_dir: Path, out_dir: Path | None = None,
-    device: str = "auto", batch_size: int = 8, n_images: int = 4, progress: bool = True,
+    device: str = "auto", n_images: int = 4, progress: bool = True,
 ) -> dict:  # fmt: skip
     """Compare trained runs: curves, test and real mIoU, predictions side by side, a ranked table.
 
@@ -223,10 +221,7 @@ def compare_runs(
             histories[label] = history
         else:
             warn(f"{run}: no history.csv; its curves are left out")
-        scores = scores_for(
-            run, label, data_dir=data_dir, device=device, batch_size=batch_size, available=available,
-            progress=progress,
-        )  # fmt: skip
+        scores = scores_for(run, label, data_dir=data_dir, device=device, available=available, progress=progress)
         rows.append(summary_row(run, label, history, read_metrics(run), scores))
         bars[label] = {SPLIT_TITLES[s]: scores.get(s, {}).get("miou") for s in available}
     ranked = rank_rows(rows)

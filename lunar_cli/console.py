@@ -36,13 +36,6 @@ class LunarError(Exception):
         self.exit_code = exit_code
 
 
-class NotImplementedYet(LunarError):
-    """A command that is registered but not built yet (exit code 2)."""
-
-    def __init__(self, command: str) -> None:
-        super().__init__(f"lunar {command} is not implemented yet", exit_code=2)
-
-
 def warn(message: str) -> None:
     """Print a one-line warning to stderr."""
     from lunar_cli.console import err

@@ -105,7 +105,7 @@ def manifest_counts(data_dir: Path) -> dict[str, int]:
 
 def splits_to_score(requested: Sequence[str], data_dir: Path) -> list[str]:
     """Return the requested splits that have images, warning about the others (all empty: LunarError)."""
-    from lunar_cli.data.split import MANIFEST_NAME, SPLITS
+    from lunar_cli.data.split import MANIFEST_NAME
 
     requested = list(dict.fromkeys(requested))
     counts = manifest_counts(data_dir)
@@ -120,7 +120,7 @@ def splits_to_score(requested: Sequence[str], data_dir: Path) -> list[str]:
     return present
 
 
-def image_matrices(pred: "torch.Tensor", target: "torch.Tensor", num_classes: int = NUM_CLASSES) -> "torch.Tensor":
+def image_matrices(pred: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
     """Return one (C, C) confusion matrix per image, shape (N, C, C), from (N, H, W) class maps.
 
     One bincount for the whole batch: image i's counts sit in bins offset by i * (C*C + 1);
@@ -130,12 +130,12 @@ def image_matrices(pred: "torch.Tensor", target: "torch.Tensor", num_classes: in
 
     from lunar_cli.metrics import IGNORE_INDEX
 
-    n, bins = pred.shape[0], num_classes * num_classes + 1
+    n, bins = pred.shape[0], NUM_CLASSES * NUM_CLASSES + 1
     target = target.reshape(n, -1).long()
-    cell = torch.where(target != IGNORE_INDEX, target * num_classes + pred.reshape(n, -1).long(), bins - 1)
+    cell = torch.where(target != IGNORE_INDEX, target * NUM_CLASSES + pred.reshape(n, -1).long(), bins - 1)
     cell = cell + torch.arange(n, device=cell.device).view(n, 1) * bins
     counts = torch.bincount(cell.reshape(-1), minlength=n * bins).view(n, bins)
-    return counts[:, :-1].reshape(n, num_classes, num_classes)
+    return counts[:, :-1].reshape(n, NUM_CLASSES, NUM_CLASSES)
 
 
 def miou_per_image(matrices: "torch.Tensor") -> np.ndarray:

@@ -25,7 +25,6 @@ class LoadedModel:
 
     model: "torch.nn.Module"
     meta: dict
-    path: Path
     device: "torch.device"
     precision: "Precision"
 
@@ -78,7 +77,7 @@ def load_model(
     model = build_from_checkpoint(ckpt, name=str(path)).to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return LoadedModel(model=model, meta=ckpt["meta"], path=Path(path), device=device, precision=precision)
+    return LoadedModel(model=model, meta=ckpt["meta"], device=device, precision=precision)
 
 
 def to_input(images: "torch.Tensor | np.ndarray", meta: dict, device: "torch.device") -> "torch.Tensor":

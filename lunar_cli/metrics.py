@@ -37,13 +37,11 @@ def predicted_classes(logits: "Tensor", dim: int = 1) -> "Tensor":
     return logits.max(dim=dim).indices
 
 
-def confusion_matrix(
-    pred: Tensor, target: Tensor, num_classes: int = NUM_CLASSES, ignore_index: int | None = IGNORE_INDEX
-) -> Tensor:
+def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int = NUM_CLASSES) -> Tensor:
     """Return the (C, C) int64 counts for one batch, rows = true class, cols = predicted.
 
     ``pred`` and ``target`` are class-index maps of the same shape (any shape, e.g.
-    (N, H, W)). Pixels whose target equals ``ignore_index`` are left out. Any other
+    (N, H, W)). Unlabeled pixels (target ``IGNORE_INDEX``) are left out. Any other
     value outside 0..C-1 is a LunarError, so a wrong mask encoding cannot pass silently.
     """
     import torch
@@ -53,13 +51,13 @@ def confusion_matrix(
     pred = pred.detach().reshape(-1).long()
     target = target.detach().reshape(-1).long()
     n = num_classes
-    keep = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
+    keep = target != IGNORE_INDEX
     bad_target = keep & ((target < 0) | (target >= n))
     bad_pred = keep & ((pred < 0) | (pred >= n))
     if bool(bad_target.any()):
         value = int(target[bad_target][0])
         raise LunarError(
-            f"mask holds class index {value}, outside 0..{n - 1} (ignore index {ignore_index}); "
+            f"mask holds class index {value}, outside 0..{n - 1} (ignore index {IGNORE_INDEX}); "
             "check the mask colours against the dataset palette"
         )
     if bool(bad_pred.any()):
@@ -81,27 +79,19 @@ class ConfusionMatrix:
         scores = summarize(cm.matrix, CLASS_NAMES)
     """
 
-    def __init__(self, num_classes: int = NUM_CLASSES, ignore_index: int | None = IGNORE_INDEX) -> None:
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
         import torch
 
         self.num_classes = num_classes
-        self.ignore_index = ignore_index
         self.matrix: Tensor = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
     def update(self, pred: Tensor, target: Tensor) -> None:
         """Add one batch; ``pred`` is logits (N, C, H, W) or class indices (N, H, W)."""
         if pred.ndim == target.ndim + 1:
             pred = predicted_classes(pred, dim=1)
-        batch = confusion_matrix(pred, target, self.num_classes, self.ignore_index)
+        batch = confusion_matrix(pred, target, self.num_classes)
         # The matrix follows the data's device so a GPU loop never copies per batch.
         self.matrix = self.matrix.to(batch.device) + batch
-
-    def reset(self) -> None:
-        """Zero the counts (keeps the device)."""
-        import torch
-
-        # A new tensor, so a matrix handed out earlier keeps its counts.
-        self.matrix = torch.zeros_like(self.matrix)
 
     def all_reduce(self) -> Tensor:
         """Sum the matrix over all DDP ranks in place (no-op without torch.distributed); return it."""
@@ -131,19 +121,11 @@ def iou_per_class(matrix: Tensor) -> Tensor:
     return torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, math.nan))
 
 
-def mean_iou(matrix: Tensor, ignore_classes: Sequence[int] = ()) -> float:
-    """Return the mean IoU over classes present in prediction or target (NaN if none).
-
-    ``ignore_classes`` lists class indices left out of the mean (e.g. ground).
-    """
+def mean_iou(matrix: Tensor) -> float:
+    """Return the mean IoU over classes present in prediction or target (NaN if none)."""
     import torch
 
-    iou = iou_per_class(matrix)
-    for c in ignore_classes:
-        if not 0 <= c < iou.numel():
-            raise LunarError(f"ignored class index {c} is outside 0..{iou.numel() - 1}")
-        iou[c] = math.nan
-    return float(torch.nanmean(iou))
+    return float(torch.nanmean(iou_per_class(matrix)))
 
 
 def pixel_accuracy(matrix: Tensor) -> float:
@@ -153,7 +135,7 @@ def pixel_accuracy(matrix: Tensor) -> float:
     return float(m.diagonal().sum()) / total if total > 0 else math.nan
 
 
-def summarize(matrix: Tensor, class_names: Sequence[str], ignore_classes: Sequence[int] = ()) -> dict[str, Any]:
+def summarize(matrix: Tensor, class_names: Sequence[str]) -> dict[str, Any]:
     """Return a JSON-ready dict: miou, pixel_accuracy, iou per class name, confusion_matrix.
 
     NaN (class never seen, empty matrix) becomes None so the dict dumps as valid JSON.
@@ -162,7 +144,7 @@ def summarize(matrix: Tensor, class_names: Sequence[str], ignore_classes: Sequen
         raise ValueError(f"{len(class_names)} class names for a {matrix.shape[0]}-class matrix")
     iou = iou_per_class(matrix).tolist()
     return {
-        "miou": _none_if_nan(mean_iou(matrix, ignore_classes)),
+        "miou": _none_if_nan(mean_iou(matrix)),
         "pixel_accuracy": _none_if_nan(pixel_accuracy(matrix)),
         "iou": {name: _none_if_nan(v) for name, v in zip(class_names, iou)},
         "confusion_matrix": matrix.detach().cpu().long().tolist(),

@@ -33,43 +33,6 @@ UNLABELED_RGB = (128, 128, 128)
 EDGE = "0.35"  # outline drawn around colour swatches and bars so black ground stays visible
 
 
-def plot_image_and_mask(path: Path, image: np.ndarray, mask: np.ndarray, title: str) -> Path:
-    """Write the image and its colour mask side by side; return ``path``."""
-    image, mask = _pair(image, mask)
-    fig = _figure(2 * PANEL_IN, _panel_height(image) + 0.9)
-    ax_img, ax_mask = fig.subplots(1, 2)
-    _show(ax_img, image, "image")
-    _show(ax_mask, _mask_rgb(mask), "mask")
-    return _finish(fig, path, title, unlabeled=_has_unlabeled(mask))
-
-
-def plot_overlay(path: Path, image: np.ndarray, mask: np.ndarray, title: str, alpha: float = 0.45) -> Path:
-    """Write the image with its colour mask blended on top (``alpha`` = mask weight); return ``path``."""
-    image, mask = _pair(image, mask)
-    blend = (1 - alpha) * image.astype(np.float32) + alpha * _mask_rgb(mask).astype(np.float32)
-    fig = _figure(1.6 * PANEL_IN, 1.6 * _panel_height(image) + 0.9)
-    _show(fig.subplots(), blend.round().clip(0, 255).astype(np.uint8))
-    return _finish(fig, path, title, unlabeled=_has_unlabeled(mask))
-
-
-def plot_class_channels(path: Path, image: np.ndarray, mask: np.ndarray, title: str) -> Path:
-    """Write the image and one white-on-black panel per class (its binary channel); return ``path``."""
-    image, mask = _pair(image, mask)
-    width = 2.4  # five panels in a row
-    fig = _figure(width * (1 + NUM_CLASSES), width * image.shape[0] / image.shape[1] + 0.9)
-    axes = fig.subplots(1, 1 + NUM_CLASSES)
-    _show(axes[0], image, "image")
-    labeled = max(int((mask != IGNORE_INDEX).sum()), 1)
-    for ax, cls in zip(axes[1:], CLASSES):
-        channel = mask == cls.index
-        ax.imshow(channel, cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-        _frame(ax, f"{cls.name} {channel.sum() / labeled:.1%}")
-        for spine in ax.spines.values():  # frame in the class colour ties the panel to the legend
-            spine.set_edgecolor(_colour(cls.rgb))
-            spine.set_linewidth(3)
-    return _finish(fig, path, title, unlabeled=_has_unlabeled(mask))
-
-
 def plot_examples_grid(path: Path, rows: list[tuple[str, np.ndarray, np.ndarray]], title: str) -> Path:
     """Write one row per (label, image, mask): image | mask, labelled on the left; return ``path``."""
     if not rows:
@@ -84,31 +47,11 @@ def plot_examples_grid(path: Path, rows: list[tuple[str, np.ndarray, np.ndarray]
     return _finish(fig, path, title, unlabeled=any(_has_unlabeled(m) for _, m in pairs))
 
 
-def plot_class_shares(path: Path, shares: dict[str, float], title: str, ylabel: str) -> Path:
-    """Write a bar chart of one value per class, each bar in its class colour; return ``path``.
-
-    Values up to 1 are labelled as percentages (pixel shares); larger ones as numbers.
-    """
-    if not shares:
-        raise LunarError(f"{path}: no class shares to plot")
-    names, values = list(shares), [float(v) for v in shares.values()]
-    fig = _figure(5.5, 3.8)
-    ax = fig.subplots()
-    bars = ax.bar(names, values, color=[_class_colour(n) for n in names], edgecolor=EDGE, linewidth=1.2)
-    labels = [f"{v:.1%}" for v in values] if max(values) <= 1 else [f"{v:.3g}" for v in values]
-    ax.bar_label(bars, labels=labels, padding=2, fontsize=9)
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, max(max(values), 1e-9) * 1.15)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_axisbelow(True)
-    return _finish(fig, path, title, names=[n for n in names if n in CLASS_NAMES])
-
-
-def plot_heatmaps(path: Path, heatmaps: np.ndarray, title: str, shared_scale: bool = False) -> Path:
+def plot_heatmaps(path: Path, heatmaps: np.ndarray, title: str) -> Path:
     """Write one panel per class of a (C, H, W) 0..1 map (e.g. frequencies), each with a colorbar.
 
-    Each panel is scaled to its own maximum unless ``shared_scale``: rocks cover a few
-    percent of any location, and on a shared 0..1 scale their maps would look empty.
+    Each panel is scaled to its own maximum: rocks cover a few percent of any location,
+    and on a shared 0..1 scale their maps would look empty.
     """
     maps = np.asarray(heatmaps, dtype=np.float32)
     if maps.ndim != 3:
@@ -118,8 +61,7 @@ def plot_heatmaps(path: Path, heatmaps: np.ndarray, title: str, shared_scale: bo
     fig = _figure(width * len(maps), width * maps.shape[1] / maps.shape[2] + 1.2)
     axes = np.atleast_1d(fig.subplots(1, len(maps)))
     for ax, name, heat in zip(axes, names, maps):
-        top = 1.0 if shared_scale else max(float(heat.max()), 1e-6)
-        im = ax.imshow(heat, cmap="viridis", vmin=0, vmax=top, interpolation="nearest")
+        im = ax.imshow(heat, cmap="viridis", vmin=0, vmax=max(float(heat.max()), 1e-6), interpolation="nearest")
         _frame(ax, name)
         fig.colorbar(im, ax=ax, shrink=0.8)
     return _finish(fig, path, title, names=[n for n in names if n in CLASS_NAMES])
@@ -148,37 +90,27 @@ def plot_training_curves(path: Path, history: list[dict[str, Any]], title: str) 
     return _finish(fig, path, title, class_legend=False)
 
 
-def plot_confusion_matrix(
-    path: Path, matrix: Any, class_names: Sequence[str], title: str, normalize: bool = True
-) -> Path:
+def plot_confusion_matrix(path: Path, matrix: Any, class_names: Sequence[str], title: str) -> Path:
     """Write the (C, C) confusion matrix (rows true, cols predicted) as an annotated heatmap.
 
-    With ``normalize`` each row is divided by its total, so a cell reads "share of this
-    true class predicted as that class"; a class with no pixels gets an empty row.
+    Each row is divided by its total, so a cell reads "share of this true class
+    predicted as that class"; a class with no pixels gets an empty row.
     """
     counts = np.asarray(matrix, dtype=np.float64)
     n = len(class_names)
     if counts.shape != (n, n):
         raise LunarError(f"{path}: confusion matrix shape {counts.shape} does not match {n} class names")
-    if normalize:
-        totals = counts.sum(axis=1, keepdims=True)
-        values = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-        vmax = 1.0
-    else:
-        values = counts
-        vmax = max(float(counts.max()), 1.0)
+    totals = counts.sum(axis=1, keepdims=True)
+    values = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
     fig = _figure(1.3 * n + 2.2, 1.1 * n + 1.8)
     ax = fig.subplots()
-    im = ax.imshow(values, cmap="Blues", vmin=0, vmax=vmax)
-    fig.colorbar(im, ax=ax, label="share of true class" if normalize else "pixels", shrink=0.85)
+    im = ax.imshow(values, cmap="Blues", vmin=0, vmax=1.0)
+    fig.colorbar(im, ax=ax, label="share of true class", shrink=0.85)
     empty_rows = counts.sum(axis=1) == 0
     for i in range(n):
         for j in range(n):
-            if empty_rows[i]:
-                text = "-"  # no pixels of this true class: no share to show
-            else:
-                text = f"{values[i, j]:.2f}" if normalize else _compact(values[i, j])
-            colour = "white" if values[i, j] > 0.55 * vmax else "black"
+            text = "-" if empty_rows[i] else f"{values[i, j]:.2f}"  # "-": no pixels of this true class
+            colour = "white" if values[i, j] > 0.55 else "black"
             ax.text(j, i, text, ha="center", va="center", color=colour, fontsize=9)
     ax.set_xticks(range(n), class_names, rotation=20, ha="right")
     ax.set_yticks(range(n), class_names)
@@ -402,13 +334,6 @@ def _finite_or_nan(value: Any) -> float:
 
 def _names(count: int) -> list[str]:
     return list(CLASS_NAMES) if count == NUM_CLASSES else [f"class {i}" for i in range(count)]
-
-
-def _compact(value: float) -> str:
-    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if value >= limit:
-            return f"{value / limit:.1f}{suffix}"
-    return f"{int(value)}"
 
 
 def plot_side_by_side_predictions(path: Path, rows: list, model_names: Sequence[str], title: str) -> Path:

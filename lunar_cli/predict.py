@@ -15,7 +15,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, TextIO
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
@@ -34,7 +34,7 @@ HAZARD_SUFFIX = "_hazard.png"
 OVERLAY_ALPHA = 0.5
 
 
-def collect_inputs(inputs: list[str], stdin: TextIO | None = None) -> tuple[list[Path], list[dict[str, str]]]:
+def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[dict[str, str]]]:
     """Return (image paths in order, problems) for files, folders, glob patterns and ``-`` (paths on stdin).
 
     Folders give their images (not recursive, sorted); a pattern is expanded only when
@@ -45,7 +45,7 @@ def collect_inputs(inputs: list[str], stdin: TextIO | None = None) -> tuple[list
     problems: list[dict[str, str]] = []
     for arg in inputs:
         if arg == "-":
-            lines = (stdin if stdin is not None else sys.stdin).read().splitlines()
+            lines = sys.stdin.read().splitlines()
             # Lines are literal paths: `find` output may hold [ or * in names.
             for line in (s.strip() for s in lines):
                 if line:
@@ -246,11 +246,11 @@ def classify(logits: "torch.Tensor", size: tuple[int, int], want_probs: bool) ->
     return indices, probs
 
 
-def overlay(photo: np.ndarray, indices: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
+def overlay(photo: np.ndarray, indices: np.ndarray) -> np.ndarray:
     """Return the photo with class colours blended in (ground, black in the palette, is left as it is)."""
     blended = photo.astype(np.float32)
     coloured = indices != 0  # blending black would only darken the ground
-    blended[coloured] = (1 - alpha) * blended[coloured] + alpha * encode_mask(indices)[coloured]
+    blended[coloured] = (1 - OVERLAY_ALPHA) * blended[coloured] + OVERLAY_ALPHA * encode_mask(indices)[coloured]
     return blended.round().astype(np.uint8)
 
 
@@ -283,11 +283,11 @@ def write_outputs(
     return written, summary
 
 
-def _make_plan(inputs, stdin, output, model, runs_dir, fmt, hazard) -> dict[str, Any]:
+def _make_plan(inputs, output, model, runs_dir, fmt, hazard) -> dict[str, Any]:
     """Return the whole job as plain values (inputs, output files, model, problems), for rank 0 to share."""
     from lunar_cli.inference import find_model
 
-    paths, problems = collect_inputs(inputs, stdin)
+    paths, problems = collect_inputs(inputs)
     if not paths:
         if problems:
             raise LunarError(problems[0]["reason"] + ("" if len(problems) == 1 else f" (and {len(problems) - 1} more)"))
@@ -320,8 +320,7 @@ def run_predict(
     inputs: list[str], *, output: Path, model: Path | None, runs_dir: Path, fmt: str = "rgb",
     tile: bool = False, tile_overlap: float = 0.25, hazard: bool = False, hazard_margin: int = 15,
     batch_size: int = 8, device: str = "auto", amp: bool | None = None, channels_last: bool | None = None,
-    strict: bool = False,
-    progress: bool = True, stdin: TextIO | None = None,
+    strict: bool = False, progress: bool = True,
 ) -> dict:  # fmt: skip
     """Predict masks for the inputs; return {"model":..., "records": [...], "failed": [...], "written": n}.
 
@@ -338,7 +337,7 @@ def run_predict(
 
     dist, dev = setup_distributed(device)
     try:
-        plan = _shared_plan(dist, lambda: _make_plan(inputs, stdin, output, model, runs_dir, fmt, hazard))
+        plan = _shared_plan(dist, lambda: _make_plan(inputs, output, model, runs_dir, fmt, hazard))
         if dist.is_main:
             if plan["auto"]:
                 info(f"using model {plan['model']} (newest under {runs_dir}/)")

@@ -45,7 +45,6 @@ def test_iou_accuracy_by_hand_with_absent_class():
     assert iou[:3].tolist() == pytest.approx([0.5, 0.75, 2 / 3])
     assert math.isnan(iou[3])
     assert mean_iou(m) == pytest.approx(23 / 36)  # NaN class left out, not counted as 0
-    assert mean_iou(m, ignore_classes=[0]) == pytest.approx((0.75 + 2 / 3) / 2)
     assert pixel_accuracy(m) == pytest.approx(7 / 9)
 
 
@@ -57,9 +56,6 @@ def test_ignore_index_pixels_are_not_counted():
     assert m[0].tolist() == [2, 0, 0, 0]
     assert iou_per_class(m)[:3].tolist() == pytest.approx([2 / 3, 1.0, 2 / 3])
     assert pixel_accuracy(m) == pytest.approx(7 / 8)
-    # Without an ignore index, 255 is a bad mask value, reported as a user error.
-    with pytest.raises(LunarError, match="class index 255"):
-        confusion_matrix(PRED, target, ignore_index=None)
 
 
 def test_bad_inputs():
@@ -67,8 +63,6 @@ def test_bad_inputs():
         confusion_matrix(PRED, torch.full((3, 3), 7))
     with pytest.raises(ValueError, match="shape"):
         confusion_matrix(PRED, TARGET[:2])
-    with pytest.raises(LunarError, match="outside"):
-        mean_iou(torch.tensor(EXPECTED), ignore_classes=[4])
 
 
 def _random_batch(gen: torch.Generator, n: int = 3, size: int = 8):
@@ -107,14 +101,10 @@ def test_split_wide_not_mean_of_batches():
     assert iou_per_class(cm.matrix)[2] == pytest.approx(9 / 10)  # not (0 + 1) / 2
 
 
-def test_reset_and_all_reduce_without_distributed():
+def test_all_reduce_without_distributed():
     cm = ConfusionMatrix()
     cm.update(PRED[None], TARGET[None])
-    kept = cm.matrix
     assert cm.all_reduce().tolist() == EXPECTED  # not initialised: unchanged
-    cm.reset()
-    assert int(cm.matrix.sum()) == 0
-    assert kept.tolist() == EXPECTED  # a matrix handed out earlier keeps its counts
 
 
 def test_all_reduce_single_rank_gloo(tmp_path):

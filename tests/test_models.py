@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import errno
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
 import urllib.error
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,12 +20,13 @@ from lunar_cli.console import LunarError
 from lunar_cli.models.registry import (
     BACKBONES,
     build_model,
-    list_backbones,
     normalization,
     smp_encoder_name,
 )
 from lunar_cli.models.unet import UNet
+from tests.conftest import make_dataset
 
+REPO = Path(__file__).resolve().parent.parent
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 
 
@@ -45,9 +54,6 @@ def test_every_backbone_builds_and_trains_one_step(backbone, size):
 
 
 def test_backbone_names():
-    assert list_backbones() == ["custom", "vgg11", "resnet18", "mobilenet_v3_large"]
-    assert list_backbones("mobile*") == ["mobilenet_v3_large"]
-    assert "resnet34" in list_backbones("resnet*", include_smp=True)
     assert smp_encoder_name("custom") is None
     assert smp_encoder_name("ResNet18") == "resnet18"
     assert smp_encoder_name("mobilenet-v3-large") == "tu-mobilenetv3_large_100"
@@ -125,6 +131,24 @@ def test_unknown_backbone_lists_the_names():
         smp_encoder_name("tu-not_a_timm_model")
 
 
+def closed_port() -> int:
+    """Return a local TCP port nothing listens on (connecting is refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    """The Hugging Face hub at a local port nothing answers on, and an empty hub cache."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    return tmp_path / "hf-cache"
+
+
 @pytest.mark.parametrize(
     "failure",
     [
@@ -133,7 +157,7 @@ def test_unknown_backbone_lists_the_names():
         RuntimeError("download interrupted"),
     ],
 )
-def test_imagenet_without_network_is_a_clear_error(monkeypatch, failure):
+def test_imagenet_without_network_is_a_clear_error(monkeypatch, no_hub, failure):
     import segmentation_models_pytorch.encoders as smp_encoders
 
     calls = []
@@ -151,16 +175,114 @@ def test_imagenet_without_network_is_a_clear_error(monkeypatch, failure):
     assert "--encoder-weights none" in message and "--encoder-weights PATH" in message
 
 
-def test_huggingface_offline_error_is_a_clear_error(monkeypatch):
+@pytest.mark.parametrize("backbone", ["vgg11", "mobilenet_v3_large"])
+def test_offline_imagenet_fails_fast_with_one_line(no_hub, backbone):
+    # The real hub code, offline: without the probe it retries with backoff for 20 s or more.
+    start = time.perf_counter()
+    with pytest.raises(LunarError) as info:
+        build_model(backbone, encoder_weights="imagenet")
+    assert time.perf_counter() - start < 5
+    message = str(info.value)
+    assert message.startswith(f"could not download imagenet weights for {smp_encoder_name(backbone)}: http://127.0.0.1:")
+    assert "unreachable: ConnectError, and they are not in the Hugging Face cache" in message
+    assert "--encoder-weights none" in message and "\n" not in message
+
+
+def test_hub_that_never_answers_is_given_up_on(monkeypatch, no_hub):
+    from huggingface_hub import utils as hub_utils
+
+    from lunar_cli.models import registry
+
+    release = threading.Event()
+
+    class Silent:  # a lookup or connection that hangs, as on a network that drops packets
+        def head(self, *args, **kwargs):
+            release.wait(30)
+
+    monkeypatch.setattr(hub_utils, "get_session", Silent)
+    monkeypatch.setattr(registry, "HUB_PROBE_SECONDS", 0.3)
+    start = time.perf_counter()
+    try:
+        with pytest.raises(LunarError, match=r"did not answer in 0\.3 s, and they are not in the Hugging Face cache"):
+            build_model("vgg11", encoder_weights="imagenet")
+    finally:
+        release.set()
+    assert time.perf_counter() - start < 5
+
+
+def test_reachable_hub_downloads_as_usual(monkeypatch, no_hub):
     import segmentation_models_pytorch.encoders as smp_encoders
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub import constants
 
-    def offline(*args, **kwargs):
-        raise LocalEntryNotFoundError("cannot find the requested files in the local cache")
+    class Hub(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200)
+            self.end_headers()
 
-    monkeypatch.setattr(smp_encoders, "hf_hub_download", offline)
-    with pytest.raises(LunarError, match="could not download imagenet weights for vgg11"):
-        build_model("vgg11", encoder_weights="imagenet")
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+    offline_during_download = []
+
+    def download(*args, **kwargs):
+        offline_during_download.append(constants.is_offline_mode())
+        raise OSError(errno.ECONNRESET, "connection reset")
+
+    monkeypatch.setattr(smp_encoders, "hf_hub_download", download)
+    try:
+        with pytest.raises(LunarError, match=r"for vgg11 \(ConnectionResetError\): no network\?"):
+            build_model("vgg11", encoder_weights="imagenet")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert offline_during_download == [False]  # the hub answered: smp downloads as it always did
+    assert constants.is_offline_mode() is False
+
+
+def test_cached_imagenet_weights_load_offline(no_hub):
+    import segmentation_models_pytorch as smp
+    from safetensors.torch import save_file
+
+    settings = smp.encoders.encoders["resnet18"]["pretrained_settings"]["imagenet"]
+    repo, revision = settings["repo_id"], settings["revision"]
+    snapshot = no_hub / f"models--{repo.replace('/', '--')}" / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    torch.manual_seed(3)
+    cached = build_model("resnet18").encoder.state_dict()
+    save_file({k: v.contiguous() for k, v in cached.items()}, str(snapshot / "model.safetensors"))
+    (snapshot / "config.json").write_text("{}")
+
+    model = build_model("resnet18", encoder_weights="imagenet")
+    for key, value in cached.items():
+        assert torch.equal(model.encoder.state_dict()[key], value), key
+
+
+def test_offline_train_command_prints_only_our_error(tmp_path):
+    from lunar_cli.data.split import make_split
+
+    data = make_dataset(tmp_path / "data", n_render=8, n_real=0, size=(64, 64))
+    make_split(data)
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower() and not k.startswith("HF_")}
+    env.update({
+        "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+        "HF_ENDPOINT": f"http://127.0.0.1:{closed_port()}", "HF_HOME": str(tmp_path / "hf"),
+    })  # fmt: skip
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "lunar_cli", "train", "--backbone", "vgg11", "--epochs", "1", "--image-size", "64",
+         "--data-dir", data, "--runs-dir", tmp_path / "runs", "--workers", "0", "--json"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 1
+    # Nothing but our line: no "Retrying in 8s" or other hub log lines.
+    assert proc.stderr.splitlines() == [proc.stderr.strip()], proc.stderr
+    assert proc.stderr.startswith("error: could not download imagenet weights for vgg11: http://127.0.0.1:")
+    # Startup and caching take a few seconds; the hub's retries alone would sleep 23 s.
+    assert seconds < 20, seconds
 
 
 def test_local_encoder_weights_are_loaded(tmp_path):

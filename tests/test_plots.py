@@ -38,17 +38,12 @@ def _calls():
     image, mask = _scene()
     pred = mask.copy()
     pred[0:4, 0:4] = 2
-    shares = {"ground": 0.6, "sky": 0.3, "small_rocks": 0.04, "large_rocks": 0.06}
     examples = [("a", image, mask), ("b", image[:, :20], mask[:, :20])]  # rows may differ in size
     predictions = [("x", image, mask, pred), ("y", image, mask, mask)]
     scores = {"unet": {"test": 0.8, "test_real": 0.4}, "r34": {"test": 0.9}}  # r34 lacks test_real
     heat = np.random.default_rng(0).random((4, H, W))
     return {
-        "image_and_mask": lambda p: plots.plot_image_and_mask(p, image, mask, "t"),
-        "overlay": lambda p: plots.plot_overlay(p, image, mask, "t"),
-        "class_channels": lambda p: plots.plot_class_channels(p, image, mask, "t"),
         "examples_grid": lambda p: plots.plot_examples_grid(p, examples, "t"),
-        "class_shares": lambda p: plots.plot_class_shares(p, shares, "t", "share"),
         "heatmaps": lambda p: plots.plot_heatmaps(p, heat, "t"),
         "training_curves": lambda p: plots.plot_training_curves(p, _history(), "t"),
         "confusion_matrix": lambda p: plots.plot_confusion_matrix(p, np.arange(16).reshape(4, 4), CLASS_NAMES, "t"),
@@ -79,13 +74,13 @@ def _colour_count(path: Path, rgb: tuple[int, int, int]) -> int:
 
 def test_masks_drawn_in_palette_and_unlabeled_grey(tmp_path: Path):
     image, mask = _scene()
-    clean = plots.plot_image_and_mask(tmp_path / "clean.png", image, mask, "t")
+    clean = plots.plot_examples_grid(tmp_path / "clean.png", [("a", image, mask)], "t")
     for rgb in [(255, 0, 0), (0, 255, 0), (0, 0, 255)]:
         assert _colour_count(clean, rgb) > 50, rgb
     assert _colour_count(clean, (0, 0, 0)) > 50  # ground is black
     assert _colour_count(clean, plots.UNLABELED_RGB) < 10  # a few anti-aliased text pixels at most
     mask[20:, :] = 255
-    grey = plots.plot_image_and_mask(tmp_path / "grey.png", image, mask, "t")
+    grey = plots.plot_examples_grid(tmp_path / "grey.png", [("a", image, mask)], "t")
     assert _colour_count(grey, plots.UNLABELED_RGB) > 50  # unlabeled shown grey, and in the legend
 
 
@@ -96,7 +91,7 @@ def test_existing_file_replaced_only_on_success(tmp_path: Path, monkeypatch: pyt
     path = tmp_path / "fig.png"
     path.write_bytes(b"old")
     with pytest.raises(LunarError, match="24x24"):
-        plots.plot_overlay(path, image, mask[:, :24], "t")  # sizes differ
+        plots.plot_examples_grid(path, [("a", image, mask[:, :24])], "t")  # sizes differ
     assert path.read_bytes() == b"old"
 
     def broken_savefig(self, target, *args, **kwargs):
@@ -110,11 +105,11 @@ def test_existing_file_replaced_only_on_success(tmp_path: Path, monkeypatch: pyt
     with monkeypatch.context() as m:
         m.setattr(Figure, "savefig", broken_savefig)
         with pytest.raises(RuntimeError):
-            plots.plot_overlay(path, image, mask, "t")
+            plots.plot_examples_grid(path, [("a", image, mask)], "t")
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["fig.png"]
 
-    plots.plot_overlay(path, image, mask, "t")
+    plots.plot_examples_grid(path, [("a", image, mask)], "t")
     assert cv2.imread(str(path)) is not None
 
 
@@ -122,9 +117,9 @@ def test_bad_inputs_are_user_errors(tmp_path: Path):
     image, mask = _scene()
     out = tmp_path / "x.png"
     with pytest.raises(LunarError, match="class index"):
-        plots.plot_image_and_mask(out, image, np.full((H, W), 7, np.uint8), "t")
+        plots.plot_examples_grid(out, [("a", image, np.full((H, W), 7, np.uint8))], "t")
     with pytest.raises(LunarError, match=r"\(H, W\)"):
-        plots.plot_overlay(out, image, np.stack([mask] * 3, axis=2), "t")
+        plots.plot_examples_grid(out, [("a", image, np.stack([mask] * 3, axis=2))], "t")
     with pytest.raises(LunarError, match="no examples"):
         plots.plot_examples_grid(out, [], "t")
     with pytest.raises(LunarError, match="heatmaps"):
@@ -143,4 +138,4 @@ def test_partial_history_and_grayscale_image(tmp_path: Path):
     assert cv2.imread(str(plots.plot_training_curves(tmp_path / "c.png", history, "t"))) is not None
     image, mask = _scene()
     gray = image[:, :, 0]
-    assert cv2.imread(str(plots.plot_overlay(tmp_path / "g.png", gray, mask, "t"))) is not None
+    assert cv2.imread(str(plots.plot_examples_grid(tmp_path / "g.png", [("a", gray, mask)], "t"))) is not None

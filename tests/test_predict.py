@@ -84,7 +84,7 @@ def test_one_file_writes_a_palette_mask_at_the_photo_size(model_file, tmp_path):
     assert record["seconds"] > 0
 
 
-def test_folder_glob_and_stdin_give_one_mask_per_photo(model_file, tmp_path):
+def test_folder_glob_and_stdin_give_one_mask_per_photo(model_file, tmp_path, monkeypatch):
     photos = make_photos(tmp_path / "shots", 3)
     (tmp_path / "shots" / "notes.txt").write_text("not a photo")  # folders skip non-images
 
@@ -95,8 +95,8 @@ def test_folder_glob_and_stdin_give_one_mask_per_photo(model_file, tmp_path):
     by_glob = predict([tmp_path / "shots" / "shot[12].png"], tmp_path / "b", model_file)
     assert [r["input"] for r in by_glob["records"]] == [str(p) for p in photos[1:]]
 
-    listing = io.StringIO(f"{photos[2]}\n\n{photos[0]}\n")  # as from `find shots -name '*.png'`
-    by_stdin = predict(["-"], tmp_path / "c", model_file, stdin=listing)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{photos[2]}\n\n{photos[0]}\n"))  # as from `find -name '*.png'`
+    by_stdin = predict(["-"], tmp_path / "c", model_file)
     assert [r["input"] for r in by_stdin["records"]] == [str(photos[2]), str(photos[0])]
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["shot0.png", "shot2.png"]
     # The same photo through every route gives the same mask.

@@ -30,6 +30,7 @@ SETS = ("rendered", "real")
 EXAMPLES = {"rendered": 3, "real": 2}  # rows of examples.png per set
 ROW_BANDS = 10  # eda.json summarises each heatmap as class frequency in this many horizontal bands
 WORST = 5  # masks listed with the most off-palette pixels
+HEATMAP_HW = (60, 90)  # (height, width) every mask is resized to (nearest) for the class heatmaps
 # The wording of split.scan_pairs for a mask whose size is not its image's.
 _MISMATCH = re.compile(r"^(?P<mask>.+): mask is (?P<mask_size>\d+x\d+) but its image is (?P<image_size>\d+x\d+)$")
 
@@ -75,23 +76,19 @@ def run_eda(
     seed: int = 42,
     mask_source: str = "clean",
     workers: int | None = None,
-    heatmap_size: tuple[int, int] = (60, 90),
     progress: bool = True,
 ) -> dict:
     """Analyse the dataset under data_dir, write figures + numbers into out_dir, return the numbers.
 
     ``sample`` N analyses a seeded random N of the rendered pairs and min(N, count) of the
     real ones (None: all). ``workers`` processes decode (None: all cores; 0 or 1: here).
-    ``heatmap_size`` is the (height, width) every mask is resized to (nearest) before
-    the per-location class frequencies are counted. Unreadable pairs are skipped with one
-    warning and listed in the result.
+    Unreadable pairs are skipped with one warning and listed in the result.
     """
     from lunar_cli.data.fetch import read_dataset_info
     from lunar_cli.data.split import scan_pairs
 
     start = time.perf_counter()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
-    heat_hw = _heatmap_hw(heatmap_size)
     if sample is not None and (isinstance(sample, bool) or int(sample) < 1):
         raise LunarError(f"sample {sample!r}: give a number of images of at least 1, or leave it out for all")
     read_dataset_info(data_dir)
@@ -106,10 +103,10 @@ def run_eda(
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     workers = max(0, min(int(workers), len(jobs)))
-    totals = {s: SetTotals(heat_hw) for s in SETS}
+    totals = {s: SetTotals(HEATMAP_HW) for s in SETS}
     bad: list[str] = []
     mismatches = [m.groupdict() for m in map(_MISMATCH.match, scan.problems) if m]
-    tasks = [(str(data_dir), image, mask, *heat_hw) for _, (image, mask) in jobs]
+    tasks = [(str(data_dir), image, mask, *HEATMAP_HW) for _, (image, mask) in jobs]
     with contextlib.closing(_analysed(tasks, workers)) as results:
         for (set_name, pair), (ok, payload) in track(
             zip(jobs, results), f"analysing {len(jobs)} pairs", total=len(jobs), quiet=not progress
@@ -128,7 +125,7 @@ def run_eda(
     if not any(t.images for t in totals.values()):
         raise LunarError(f"none of the {len(jobs)} pairs under {data_dir} could be read, first: {bad[0]}")
 
-    result = _summary(totals, heat_hw)
+    result = _summary(totals, HEATMAP_HW)
     result.update(
         data_dir=str(data_dir),
         mask_source=mask_source,
@@ -157,12 +154,6 @@ def run_eda(
 
 
 # --- choosing and decoding ---------------------------------------------------------
-
-
-def _heatmap_hw(size: tuple[int, int]) -> tuple[int, int]:
-    if not (isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(s, int) and s > 0 for s in size)):
-        raise LunarError(f"heatmap size {size!r}: give (height, width) as two positive integers")
-    return int(size[0]), int(size[1])
 
 
 def _choose(pairs: list[tuple[str, str]], sample: int | None, rng: np.random.Generator) -> list[tuple[str, str]]:

@@ -44,7 +44,6 @@ def checkpoint_meta(
     epoch: int,
     best_metric: tuple[str, float | None] | None = None,
     model_kwargs: dict[str, Any] | None = None,
-    num_classes: int = NUM_CLASSES,
 ) -> dict[str, Any]:
     """Return the ``meta`` dict describing a model, for ``save_checkpoint``.
 
@@ -67,8 +66,8 @@ def checkpoint_meta(
         "backbone": friendly_name(backbone),
         "encoder": resolved,
         "model_kwargs": dict(model_kwargs or {}),
-        "num_classes": int(num_classes),
-        "classes": [{"index": c.index, "name": c.name, "rgb": list(c.rgb)} for c in CLASSES][:num_classes],
+        "num_classes": NUM_CLASSES,
+        "classes": [{"index": c.index, "name": c.name, "rgb": list(c.rgb)} for c in CLASSES],
         "image_size": size,
         "normalization": {
             "mean": [float(v) for v in normalization["mean"]],
@@ -162,7 +161,7 @@ def save_checkpoint(path: Path, *, model_state: dict, meta: dict, extra: dict | 
             ) from exc
 
 
-def load_checkpoint(path: Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     """Read a checkpoint with torch.load(weights_only=True); refuse anything that is not a lunar checkpoint.
 
     ``mmap`` maps the tensors instead of reading them (cheap when only the metadata is needed).
@@ -191,7 +190,7 @@ def load_checkpoint(path: Path, map_location: Any = "cpu", mmap: bool = False) -
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # protocol warnings for foreign pickles
             zipped = head.startswith(b"PK\x03\x04")  # only the zip format can be memory-mapped
-            ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zipped)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipped)
     except pickle.UnpicklingError as exc:
         if "weights only load failed" in str(exc).lower():
             raise LunarError(

@@ -3,14 +3,16 @@
 The four names the study compared are in ``BACKBONES``; any other smp encoder name
 (``resnet34``, ``efficientnet-b0``, ``tu-<timm model>``...) works as well. Encoder
 weights are ``None`` (random init), ``"imagenet"`` (downloaded by smp) or a path to a
-local weights file, loaded offline into the encoder.
+local weights file, loaded offline into the encoder. Without a network, downloadable
+weights come from the Hugging Face cache or fail in seconds with one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-import fnmatch
 import inspect
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +38,8 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 CUSTOM_OPTIONS = ("in_channels", "base_width", "depth", "dropout")
 # smp.Unet arguments this module sets itself, so callers may not pass them.
 _SMP_RESERVED = ("encoder_name", "encoder_weights", "classes", "activation", "kwargs")
+# How long the Hugging Face hub gets to answer before this machine counts as offline.
+HUB_PROBE_SECONDS = 3.0
 
 
 def _smp_encoder_names() -> list[str]:
@@ -43,14 +47,6 @@ def _smp_encoder_names() -> list[str]:
     import segmentation_models_pytorch as smp
 
     return list(smp.encoders.get_encoder_names())
-
-
-def list_backbones(pattern: str = "*", include_smp: bool = False) -> list[str]:
-    """Return the backbone names matching a glob ``pattern`` (friendly names, then smp's)."""
-    names = list(BACKBONES)
-    if include_smp:
-        names += sorted(set(_smp_encoder_names()) - set(names))
-    return [n for n in names if fnmatch.fnmatchcase(n, pattern.lower())]
 
 
 def smp_encoder_name(backbone: str) -> str | None:
@@ -193,10 +189,12 @@ def _build_smp_unet(
                     f"{', '.join(available) or 'a local file'} or a path to a weights file"
                 )
             download = weights
+    offline = _hub_unreachable() if download else None
     try:
-        model = smp.Unet(
-            encoder_name=encoder, encoder_weights=download, classes=num_classes, activation=None, **kwargs
-        )
+        with _hub_offline(offline is not None):
+            model = smp.Unet(
+                encoder_name=encoder, encoder_weights=download, classes=num_classes, activation=None, **kwargs
+            )
     except TypeError as exc:
         raise LunarError(f"backbone {encoder}: bad model option ({exc})") from exc
     except (OSError, RuntimeError) as exc:
@@ -204,13 +202,60 @@ def _build_smp_unet(
         # RuntimeError covers a download that arrived broken.
         if download is None:
             raise
+        if offline:
+            why = f": {offline}, and they are not in the Hugging Face cache;"
+        else:
+            why = f" ({type(exc).__name__}): no network?"
         raise LunarError(
-            f"could not download {weights} weights for {encoder} ({type(exc).__name__}): no network? "
+            f"could not download {weights} weights for {encoder}{why} "
             "use --encoder-weights none or a local weights file (--encoder-weights PATH)"
         ) from exc
     if isinstance(weights, Path):
         load_encoder_weights(model.encoder, weights, encoder)
     return model
+
+
+def _hub_unreachable() -> str | None:
+    """Return why the Hugging Face hub cannot be reached now (None when it answers).
+
+    Offline, the hub's own download retries a failed request five times with backoff
+    and logs each try: half a minute or more of noise before the error. One HEAD request
+    to its endpoint (``HF_ENDPOINT``) through its own HTTP client, so proxies and
+    certificates are the ones a download would use, tells in a few seconds. Any HTTP
+    answer counts as reachable. A name lookup ignores the request's timeout, so the
+    probe runs in a daemon thread that is given up on after ``HUB_PROBE_SECONDS``.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    outcome: list[str | None] = []  # the probe's answer: None (reachable) or why not
+
+    def probe() -> None:
+        try:
+            get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_SECONDS)
+            outcome.append(None)
+        except Exception as exc:  # noqa: BLE001 - whatever stops the request means "unreachable"
+            outcome.append(f"{constants.ENDPOINT} unreachable: {type(exc).__name__}")
+
+    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(HUB_PROBE_SECONDS)
+    return outcome[0] if outcome else f"{constants.ENDPOINT} did not answer in {HUB_PROBE_SECONDS:g} s"
+
+
+@contextlib.contextmanager
+def _hub_offline(offline: bool):
+    """Run the block with the hub in offline mode when ``offline``: cached files only, no retries."""
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = before or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before
 
 
 def load_encoder_weights(encoder_module: "torch.nn.Module", path: Path, encoder: str = "encoder") -> None:
