@@ -32,6 +32,7 @@ CLASSES: tuple[LunarClass, ...] = (
 CLASS_NAMES: tuple[str, ...] = tuple(c.name for c in CLASSES)
 NUM_CLASSES = len(CLASSES)
 PALETTE = np.array([c.rgb for c in CLASSES], dtype=np.uint8)  # (4, 3), row = class index
+IGNORE_INDEX = 255  # mask value of unlabeled pixels (and of padding around a frame): counted nowhere
 
 
 def class_index(name: str) -> int:

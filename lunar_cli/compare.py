@@ -149,42 +149,41 @@ def side_by_side_predictions(
 ) -> list[tuple[str, np.ndarray, np.ndarray, list[np.ndarray], list[float]]]:
     """Return one (file name, image, truth, prediction per run, mIoU per run) per shown image.
 
-    Images and truths are shown at the first run's size; a run trained at another size
-    predicts at its own size and its map is resized (nearest) to the shown size.
+    Every run predicts at the labels' own resolution (each at the scale it was trained
+    at), so images, truths and predictions line up whatever the runs' scales.
     """
-    import cv2
     import torch
 
     from lunar_cli.data.cache import build_or_load_cache
     from lunar_cli.data.split import split_pairs
-    from lunar_cli.evaluate import image_matrices, predict_rows
-    from lunar_cli.inference import load_model
-    from lunar_cli.metrics import mean_iou
+    from lunar_cli.engine import load_model
+    from lunar_cli.evaluate import predicted_frames
+    from lunar_cli.metrics import image_matrices, mean_iou
     from lunar_cli.runtime import select_device
 
     dev = select_device(device)
     pairs = split_pairs(data_dir, split_name)
-    shown: "CachedSplit | None" = None
-    rows: list[int] = []
-    preds = []  # per run: (n_images, H, W) at the shown size
+    files: list[str] = []
+    shown: list[tuple[np.ndarray, np.ndarray]] = []  # (image, truth) at full resolution
+    preds = []  # per run: one full-resolution class map per shown image
     for run in runs:
-        loaded = load_model(Path(run) / "best.pt", dev)
-        split = build_or_load_cache(pairs, loaded.image_size, Path(data_dir) / "cache", name=split_name, progress=progress)
-        if shown is None:
-            shown, rows = split, pick_images(split, n_images)
-        # Rows are matched by file: another size is another cache.
-        own = {f: i for i, f in enumerate(split.files)}
-        maps = predict_rows(loaded, split, [own[shown.files[r]] for r in rows])
-        h, w = shown.masks.shape[1:]
-        preds.append(np.stack([
-            m if m.shape == (h, w) else cv2.resize(m, (w, h), interpolation=cv2.INTER_NEAREST) for m in maps
-        ]))  # fmt: skip
-    assert shown is not None  # runs is never empty
-    truths = torch.from_numpy(np.stack([shown.masks[r] for r in rows]))
-    scores = [[mean_iou(m) for m in image_matrices(torch.from_numpy(p), truths)] for p in preds]
+        model = load_model(Path(run) / "best.pt", dev)
+        split = build_or_load_cache(pairs, model.frame_size, Path(data_dir) / "cache", name=split_name,
+                                    progress=progress)  # fmt: skip
+        if not files:
+            files = [split.files[r] for r in pick_images(split, n_images)]
+        own = {f: i for i, f in enumerate(split.files)}  # rows are matched by file: another scale is another cache
+        rows = [own[f] for f in files]
+        frames = predicted_frames(model, split, rows)
+        if not shown:
+            shown = [(frame, np.array(split.full_masks[r, : pred.shape[0], : pred.shape[1]]))
+                     for r, (frame, pred) in zip(rows, frames)]  # fmt: skip
+        preds.append([pred for _, pred in frames])
+    scores = [[mean_iou(image_matrices(torch.from_numpy(p[None]), torch.from_numpy(t[None]))[0])
+               for p, (_, t) in zip(run_preds, shown)] for run_preds in preds]  # fmt: skip
     return [
-        (Path(shown.files[r]).name, shown.images[r], shown.masks[r], [p[i] for p in preds], [s[i] for s in scores])
-        for i, r in enumerate(rows)
+        (Path(f).name, image, truth, [p[i] for p in preds], [s[i] for s in scores])
+        for i, (f, (image, truth)) in enumerate(zip(files, shown))
     ]
 
 

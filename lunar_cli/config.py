@@ -23,7 +23,8 @@ KAGGLE_DATASET = "romainpessia/artificial-lunar-rocky-landscape-dataset"
 # The fixed choices, each declared once: the dataclasses, the CLI and example.yaml use these.
 MaskSource = Literal["clean", "ground"]
 Optimizer = Literal["auto", "adam", "adamw", "sgd"]
-Schedule = Literal["none", "cosine", "step", "plateau"]
+Schedule = Literal["none", "cosine", "poly", "step", "plateau"]
+Recipe = Literal["default", "seed"]
 Loss = Literal["ce", "dice", "focal", "ce+dice"]
 SplitName = Literal["train", "val", "test", "test_real"]
 OutputFormat = Literal["rgb", "index", "overlay", "probs"]
@@ -58,22 +59,32 @@ class SplitConfig:
 
 @dataclass
 class AugmentConfig:
-    """Training augmentation as in the original study (off for val/test)."""
+    """Training augmentation, per crop on the device (off for val/test): geometry, colour, camera look."""
 
-    hflip: float = 0.2  # probability of a horizontal flip (image and mask together)
-    vflip: float = 0.2  # probability of a vertical flip (image and mask together)
+    hflip: float = 0.5  # probability of a horizontal flip (image and mask together)
+    vflip: float = 0.0  # probability of a vertical flip (the study's 0.2 puts the sky below the ground)
     jitter_p: float = 0.5  # probability of colour jitter (image only)
     brightness: float = 0.2  # colour jitter: brightness factor range 1 +- this
     contrast: float = 0.2  # colour jitter: contrast factor range 1 +- this
     saturation: float = 0.2  # colour jitter: saturation factor range 1 +- this
-    hue: float = 0.05  # colour jitter: hue shift range +- this (fraction of a turn, max 0.5)
+    hue: float = 0.0  # colour jitter: hue shift range +- this (fraction of a turn, max 0.5; the study's 0.05)
+    photometric_p: float = 0.25  # probability of each camera-look augmentation below, per crop
+    color_cast: float = 0.1  # warm/cool cast: red and blue gains 1 +- up to this, opposite ways; 0 = off
+    gamma: float = 0.3  # gamma drawn from [1 / (1 + this), 1 + this]; 0 = off
+    vignette: float = 0.4  # darkening of up to this share towards a random corner; 0 = off
+    blur: float = 1.2  # Gaussian blur sigma up to this many pixels; 0 = off
+    noise: float = 0.03  # Gaussian sensor noise sigma up to this (pixel values 0-1); 0 = off
+    jpeg_quality: int = 40  # JPEG-like 8x8 block artefacts, quality drawn from this to 95; 0 = off
 
 
 @dataclass
 class DataConfig:
-    """How images become tensors: size, subset, cache (train, evaluate, eda)."""
+    """How frames become tensors: scale, crops, subset, cache (train, evaluate, eda)."""
 
-    image_size: int = 256  # square training size in pixels; a multiple of 32
+    scale: float = 1.0  # frames are cached and fed to the model at this share of their own size (aspect kept)
+    image_size: Union[int, None] = None  # squash every frame to this square size instead (the study's 256); null = keep the aspect
+    crop_size: int = 256  # side of the square training crops, pixels at the model's scale (multiple of 32; squashed frames train whole)
+    zoom: List[float] = field(default_factory=lambda: [0.75, 1.5])  # random rescale of each crop, [low, high] (log-uniform); [1, 1] = none
     limit: Union[int, None] = None  # use only N images of each split (quick runs); null = all
     workers: Union[int, None] = None  # processes that decode images into the cache; null = all cores
     skip_bad: bool = False  # drop unreadable image/mask pairs with a warning instead of stopping
@@ -84,16 +95,20 @@ class DataConfig:
 class TrainConfig:
     """How a model is trained (``lunar train``)."""
 
+    recipe: Recipe = "default"  # default: native-scale crops, CE+Dice, AdamW, warm-up + cosine; seed: the study's (RECIPES in config.py)
     backbone: str = "custom"  # custom | vgg11 | resnet18 | mobilenet_v3_large | any smp encoder name
     encoder_weights: str = "imagenet"  # imagenet | none | path to a local encoder weights file (custom: none)
+    width: int = 16  # custom U-Net: filters at the top level, doubling at each pooling (the study's: 8)
+    depth: int = 4  # custom U-Net: poolings, 1 to 5 (the study's: 3)
     epochs: int = 20  # passes over the train split
     batch_size: int = 8  # images per step (per process under torchrun)
-    optimizer: Optimizer = "auto"  # auto: adam for custom, sgd for smp encoders
+    optimizer: Optimizer = "adamw"  # auto: adam for custom and sgd for smp encoders (the study's)
     lr: Union[float, None] = None  # learning rate; null: 1e-3 for adam/adamw, 1e-2 for sgd
     momentum: float = 0.9  # sgd momentum
-    weight_decay: float = 0.0  # L2 penalty
-    scheduler: Schedule = "none"  # learning-rate schedule, stepped once per epoch
-    loss: Loss = "ce"  # cross-entropy as in the study, or smp Dice/Focal
+    weight_decay: float = 1e-4  # L2 penalty (decoupled for adamw)
+    scheduler: Schedule = "cosine"  # learning-rate schedule over the steps of the run
+    warmup: float = 0.05  # share of the steps over which the rate rises linearly from zero
+    loss: Loss = "ce+dice"  # cross-entropy (the study's), smp Dice or Focal, or cross-entropy + Dice
     class_weights: Union[List[float], Literal["auto"], None] = None  # CE weights per class, e.g. [1, 1, 5, 5]; auto: inverse pixel frequency
     patience: Union[int, None] = None  # stop after N epochs without a better val mIoU; null = never
     name: Union[str, None] = None  # run folder name under runs/train (default: the backbone, numbered)
@@ -175,22 +190,34 @@ def validate(cfg: Config) -> None:
         if getattr(f, name) < 1:
             raise LunarError(f"config key 'fetch.{name}': must be at least 1, got {getattr(f, name)}")
     d = cfg.data
-    if d.image_size < 32 or d.image_size % 32:
-        nearest = max(32, int(round(d.image_size / 32)) * 32)
-        raise LunarError(
-            f"config key 'data.image_size': {d.image_size} is not a multiple of 32 (the U-Nets halve it 5 times); "
-            f"use {nearest}"
-        )
+    for key, value in (("data.crop_size", d.crop_size), ("data.image_size", d.image_size)):
+        if value is not None and (value < 32 or value % 32):
+            nearest = max(32, int(round(value / 32)) * 32)
+            raise LunarError(
+                f"config key {key!r}: {value} is not a multiple of 32 (the U-Nets halve it 5 times); use {nearest}"
+            )
+    if not 0.0 < d.scale <= 4.0:
+        raise LunarError(f"config key 'data.scale': must be above 0 and at most 4, got {d.scale}")
+    if len(d.zoom) != 2 or not 0.0 < d.zoom[0] <= d.zoom[1] <= 8.0:
+        raise LunarError(f"config key 'data.zoom': give [low, high] with 0 < low <= high <= 8, got {d.zoom}")
     if d.limit is not None and d.limit < 1:
         raise LunarError(f"config key 'data.limit': must be at least 1, got {d.limit}")
-    for name in ("hflip", "vflip", "jitter_p", "brightness", "contrast", "saturation"):
-        if not 0.0 <= getattr(d.augment, name) <= 1.0:
-            raise LunarError(f"config key 'data.augment.{name}': must be between 0 and 1, got {getattr(d.augment, name)}")
-    if not 0.0 <= d.augment.hue <= 0.5:
-        raise LunarError("config key 'data.augment.hue': must be between 0 and 0.5")
+    a = d.augment
+    for name in ("hflip", "vflip", "jitter_p", "brightness", "contrast", "saturation", "photometric_p", "vignette"):
+        if not 0.0 <= getattr(a, name) <= 1.0:
+            raise LunarError(f"config key 'data.augment.{name}': must be between 0 and 1, got {getattr(a, name)}")
+    for name, top in (("hue", 0.5), ("color_cast", 0.9), ("gamma", 4.0), ("blur", 10.0), ("noise", 1.0)):
+        if not 0.0 <= getattr(a, name) <= top:
+            raise LunarError(f"config key 'data.augment.{name}': must be between 0 and {top}, got {getattr(a, name)}")
+    if not (a.jpeg_quality == 0 or 1 <= a.jpeg_quality <= 95):
+        raise LunarError(f"config key 'data.augment.jpeg_quality': 0 (off) or 1 to 95, got {a.jpeg_quality}")
     t = cfg.train
     if t.epochs < 1 or t.batch_size < 1:
         raise LunarError("config keys 'train.epochs' and 'train.batch_size' must be at least 1")
+    if t.width < 1 or not 1 <= t.depth <= 5:
+        raise LunarError(f"config keys 'train.width' (>= 1) and 'train.depth' (1 to 5): got {t.width} and {t.depth}")
+    if not 0.0 <= t.warmup < 1.0:
+        raise LunarError(f"config key 'train.warmup': a share of the steps in [0, 1), got {t.warmup}")
     if isinstance(t.class_weights, list) and len(t.class_weights) != 4:
         raise LunarError(f"config key 'train.class_weights': give 4 weights (one per class), got {len(t.class_weights)}")
     if not 0.0 <= cfg.predict.tile_overlap < 0.9:
@@ -218,11 +245,15 @@ ON_RESUME: dict[str, tuple[str, str]] = {
     "runs_dir": ("refuse", "a resumed run stays in its own folder"),
     "train.name": ("refuse", "a resumed run stays in its own folder"),
     "train.exist_ok": ("refuse", "a resumed run stays in its own folder"),
+    "train.recipe": ("refuse", "the recipe sets how frames are cached and fed"),
     "train.backbone": ("refuse", "the architecture is fixed by the checkpoint"),
+    "train.width": ("refuse", "the architecture is fixed by the checkpoint"),
+    "train.depth": ("refuse", "the architecture is fixed by the checkpoint"),
     "train.encoder_weights": ("refuse", "the weights come from the checkpoint"),
     "train.optimizer": ("refuse", "the optimiser state in last.pt belongs to the run's optimiser"),
     "train.scheduler": ("refuse", "the schedule state in last.pt belongs to the run's schedule"),
     "data.image_size": ("refuse", "it changes the cached training data"),
+    "data.scale": ("refuse", "it changes the cached training data"),
     "data.limit": ("refuse", "it changes which images the run trains on"),
     "data.skip_bad": ("refuse", "it changes which images the run trains on"),
     "train.epochs": ("apply", ""),
@@ -245,23 +276,53 @@ def parse_class_weights(text: str | None) -> Union[List[float], str, None]:
         raise LunarError(f"--class-weights {text!r}: give auto or 4 numbers like 1,1,5,5") from exc
 
 
+# Named recipes: values applied right after the defaults (the "default" recipe is the
+# defaults themselves), so the config file and flags still override any of them.
+RECIPES: dict[str, dict[str, Any]] = {
+    "default": {},
+    # The study's: every frame squashed to 256x256 and trained whole, cross-entropy, Adam 1e-3
+    # (custom) / SGD 1e-2 (smp encoders), no schedule, flips 20%, colour jitter 50%, its
+    # custom U-Net (widths 8-64, 3 poolings).
+    "seed": {
+        "data.image_size": 256, "data.zoom": [1.0, 1.0],
+        "data.augment.hflip": 0.2, "data.augment.vflip": 0.2, "data.augment.hue": 0.05,
+        "data.augment.photometric_p": 0.0,
+        "train.width": 8, "train.depth": 3, "train.optimizer": "auto", "train.weight_decay": 0.0,
+        "train.scheduler": "none", "train.warmup": 0.0, "train.loss": "ce", "train.class_weights": None,
+    },
+}
+
+
+def _recipe_of(*layers: Mapping[str, Any] | None) -> str:
+    """Return the recipe the highest layer that names one asks for (flags, then YAML, then a saved run)."""
+    for layer in layers:
+        recipe = (layer or {}).get("train", {}).get("recipe")
+        if recipe is not None:
+            return str(getattr(recipe, "value", recipe))
+    return "default"
+
+
 def load_config(
     path: Path | None = None, overrides: Mapping[str, Any] | None = None, base: Mapping[str, Any] | None = None
 ) -> Config:
-    """Build the config: defaults, then ``base`` (a saved run's config), then the YAML file at ``path``, then ``overrides``.
+    """Build the config: defaults, the recipe's values, ``base`` (a saved run's config), the YAML file at ``path``, ``overrides``.
 
     ``overrides`` maps dotted keys (``"fetch.source"``) to values; ``None`` values are
     ignored so that flags the user did not give never mask the file.
     """
+    flags = nest({k: v for k, v in (overrides or {}).items() if v is not None})
+    from_file = read_yaml(path) if path is not None else {}
     cfg = Config()
+    recipe = _recipe_of(flags, from_file, base)
+    if recipe in RECIPES:  # an unknown name is refused below, where the key is checked
+        apply_mapping(cfg, nest(RECIPES[recipe]))
     if base:
         apply_mapping(cfg, base)
-    if path is not None:
-        try:
-            apply_mapping(cfg, read_yaml(path))
-        except LunarError as exc:  # name the file: the same key may also come from a flag
-            raise LunarError(f"config file {path}: {exc}", exc.exit_code) from exc
-    apply_mapping(cfg, nest({k: v for k, v in (overrides or {}).items() if v is not None}))
+    try:
+        apply_mapping(cfg, from_file)
+    except LunarError as exc:  # name the file: the same key may also come from a flag
+        raise LunarError(f"config file {path}: {exc}", exc.exit_code) from exc
+    apply_mapping(cfg, flags)
     validate(cfg)
     return cfg
 

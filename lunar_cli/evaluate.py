@@ -2,9 +2,9 @@
 
 Each split is scored on its own (rendered ``test`` and real ``test_real`` answer
 different questions: how well the model learnt the renderer, and how well it transfers
-to photos). Scores come from one confusion matrix summed over the whole split, with the
-images read from the cache at the checkpoint's size and normalised as the checkpoint
-says, exactly as validation does during training.
+to photos). Scores come from one confusion matrix summed over the whole split: each frame
+is read from the cache at the scale the checkpoint was trained at, run whole, and its
+logits upsampled to the mask as drawn (``lunar_cli.scoring``, as training's validation).
 
 Results go to ``eval.json`` beside the checkpoint (the run folder for ``best.pt``),
 merged with earlier results for the same checkpoint, so evaluating ``val`` later keeps
@@ -23,16 +23,15 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from lunar_cli.classes import CLASS_NAMES, NUM_CLASSES
+from lunar_cli.classes import CLASS_NAMES
 from lunar_cli.config import EvaluateConfig
 from lunar_cli.console import LunarError, info, warn
 from lunar_cli.metrics import predicted_classes
 
 if TYPE_CHECKING:
-    import torch
 
     from lunar_cli.data.cache import CachedSplit
-    from lunar_cli.inference import LoadedModel
+    from lunar_cli.engine import Model
 
 DEFAULT_SPLITS = tuple(EvaluateConfig().splits)
 SPLIT_TITLES = {"train": "train (rendered)", "val": "val (rendered)", "test": "test (rendered)", "test_real": "real photos"}
@@ -120,61 +119,6 @@ def splits_to_score(requested: Sequence[str], data_dir: Path) -> list[str]:
     return present
 
 
-def image_matrices(pred: "torch.Tensor", target: "torch.Tensor") -> "torch.Tensor":
-    """Return one (C, C) confusion matrix per image, shape (N, C, C), from (N, H, W) class maps.
-
-    One bincount for the whole batch: image i's counts sit in bins offset by i * (C*C + 1);
-    the extra bin per image takes the unlabeled (255) pixels and is cut off.
-    """
-    import torch
-
-    from lunar_cli.metrics import IGNORE_INDEX
-
-    n, bins = pred.shape[0], NUM_CLASSES * NUM_CLASSES + 1
-    target = target.reshape(n, -1).long()
-    cell = torch.where(target != IGNORE_INDEX, target * NUM_CLASSES + pred.reshape(n, -1).long(), bins - 1)
-    cell = cell + torch.arange(n, device=cell.device).view(n, 1) * bins
-    counts = torch.bincount(cell.reshape(-1), minlength=n * bins).view(n, bins)
-    return counts[:, :-1].reshape(n, NUM_CLASSES, NUM_CLASSES)
-
-
-def miou_per_image(matrices: "torch.Tensor") -> np.ndarray:
-    """Return the mIoU of each (C, C) matrix in (N, C, C) (NaN for an image with no labelled pixel)."""
-    from lunar_cli.metrics import mean_iou
-
-    return np.array([mean_iou(m) for m in matrices.cpu()], dtype=np.float64)
-
-
-def score_split(
-    loaded: "LoadedModel", split: "CachedSplit", *, batch_size: int, limit: int | None, progress: bool, name: str,
-) -> tuple["torch.Tensor", np.ndarray, np.ndarray]:  # fmt: skip
-    """Return (confusion matrix of the split, row numbers scored, mIoU of each of those images)."""
-    import torch
-
-    from lunar_cli.console import track
-    from lunar_cli.data.dataset import BatchLoader
-    from lunar_cli.metrics import ConfusionMatrix
-
-    norm = loaded.meta["normalization"]
-    # The training's own val loader (no augmentation, in order): same pixels, same maths.
-    loader = BatchLoader(
-        split, batch_size=batch_size, shuffle=False, augment=None, mean=norm["mean"], std=norm["std"],
-        device=loaded.device, seed=0, limit=limit, channels_last=loaded.precision.channels_last,
-    )  # fmt: skip
-    matrix = ConfusionMatrix(NUM_CLASSES)
-    per_image: list[np.ndarray] = []
-    loaded.model.eval()
-    with torch.inference_mode():
-        for images, masks in track(loader, f"evaluating {name}", total=len(loader), quiet=not progress):
-            with loaded.precision.autocast():
-                logits = loaded.model(images)
-            pred = predicted_classes(logits, dim=1)
-            matrix.update(pred, masks)  # also refuses masks with class indices out of range
-            per_image.append(miou_per_image(image_matrices(pred, masks)))
-    scores = np.concatenate(per_image) if per_image else np.zeros(0)
-    return matrix.matrix.cpu(), np.asarray(loader.indices), scores
-
-
 def best_and_worst(scores: np.ndarray, count: int) -> tuple[list[int], list[int]]:
     """Return positions of up to ``count`` best and ``count`` worst scores, never the same image twice."""
     ranked = [int(i) for i in np.argsort(-scores, kind="stable") if not math.isnan(scores[i])]
@@ -183,33 +127,40 @@ def best_and_worst(scores: np.ndarray, count: int) -> tuple[list[int], list[int]
     return ranked[:n_best], ranked[len(ranked) - n_worst :][::-1]
 
 
-def predict_rows(loaded: "LoadedModel", split: "CachedSplit", rows: Sequence[int]) -> np.ndarray:
-    """Return the predicted class maps (N, H, W) uint8 of cache rows ``rows``."""
-    from lunar_cli.inference import logits_for
+def predicted_frames(model: "Model", split: "CachedSplit", rows: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Return (frame at the labels' size, predicted class map) of each cache row, for figures."""
+    import torch
 
-    if not rows:
-        return np.zeros((0, *split.masks.shape[1:]), np.uint8)
-    images = np.ascontiguousarray(split.images[list(rows)])
-    return predicted_classes(logits_for(loaded, images), dim=1).to("cpu").numpy().astype(np.uint8)
+    from lunar_cli.data.cache import resize_image
+    from lunar_cli.engine import frame_logits
+
+    shown = []
+    for row in rows:
+        h, w, fh, fw = (int(v) for v in split.sizes[row])
+        frame = np.array(split.images[row, :h, :w])  # a writable copy of the memmap rows
+        logits = frame_logits(model, torch.from_numpy(frame[None]).to(model.device), (fh, fw))
+        pred = predicted_classes(logits, dim=1)[0].to("cpu").numpy().astype(np.uint8)
+        shown.append((resize_image(frame, fh, fw), pred))
+    return shown
 
 
 def plot_best_and_worst(
-    path: Path, loaded: "LoadedModel", split: "CachedSplit", rows: np.ndarray, scores: np.ndarray,
-    count: int, title: str,
+    path: Path, model: "Model", split: "CachedSplit", rows: np.ndarray, scores: np.ndarray, count: int, title: str,
 ) -> Path | None:  # fmt: skip
-    """Write the ``count`` best and worst predictions (image | truth | prediction); return the path."""
+    """Write the ``count`` best and worst predictions (image | truth | prediction) at full resolution; return the path."""
     from lunar_cli.plots import plot_prediction_grid
 
     best, worst = best_and_worst(scores, count)
     if not best and not worst:
         return None
     chosen = [("best", p) for p in best] + [("worst", p) for p in worst]
-    preds = predict_rows(loaded, split, [int(rows[p]) for _, p in chosen])
+    frames = predicted_frames(model, split, [int(rows[p]) for _, p in chosen])
     grid = []
-    for (kind, p), pred in zip(chosen, preds):
+    for (kind, p), (frame, pred) in zip(chosen, frames):
         row = int(rows[p])
+        fh, fw = (int(v) for v in split.sizes[row, 2:])
         label = f"{kind}: mIoU {scores[p]:.2f}\n{Path(split.files[row]).name}"
-        grid.append((label, split.images[row], split.masks[row], pred))
+        grid.append((label, frame, split.full_masks[row, :fh, :fw], pred))
     return plot_prediction_grid(path, grid, title)
 
 
@@ -221,15 +172,17 @@ def evaluate_model(
 ) -> dict:  # fmt: skip
     """Score a trained model (run folder or checkpoint) on each split; write eval.json and figures; return the numbers.
 
-    Returns ``{"model", "backbone", "image_size", "splits": {name: {"miou", "pixel_accuracy",
-    "iou", "confusion_matrix", "images", ...}}, "files"}`` for the splits scored now.
+    Returns ``{"model", "backbone", "frame_size", "splits": {name: {"miou", "pixel_accuracy",
+    "iou", "confusion_matrix", "resolution", "images", ...}}, "files"}`` for the splits scored now.
     A requested split with no images is skipped with a warning (an error if none is left).
     """
     from lunar_cli.data.cache import build_or_load_cache
+    from lunar_cli.data.dataset import FrameLoader
     from lunar_cli.data.split import split_pairs
+    from lunar_cli.engine import load_model
     from lunar_cli.files import write_json_atomic
-    from lunar_cli.inference import load_model
     from lunar_cli.metrics import summarize
+    from lunar_cli.scoring import score_frames
     from lunar_cli.plots import plot_confusion_matrix
     from lunar_cli.runtime import select_device
 
@@ -237,29 +190,30 @@ def evaluate_model(
     checkpoint = resolve_checkpoint(target)
     names = splits_to_score(splits, data_dir)
     dev = select_device(device)
-    loaded = load_model(checkpoint, dev, amp, channels_last)
-    backbone = loaded.meta["backbone"]
+    model = load_model(checkpoint, dev, amp, channels_last)
+    backbone = model.meta["backbone"]
     # "vgg11 run unet3" reads better than "vgg11" alone when runs of one backbone are compared.
     model_name = checkpoint.parent.name if checkpoint.name == "best.pt" else checkpoint.stem
     shown = backbone if model_name == backbone else f"{model_name} ({backbone})"
     if progress:
-        info(f"evaluating {checkpoint} ({backbone}, {loaded.image_size[1]}x{loaded.image_size[0]}) on {dev}")
+        info(f"evaluating {checkpoint} ({backbone}, frames {model.frame_size.describe()}) on {model.precision.label}")
 
     results: dict[str, dict] = {}
     files: list[str] = []
     for name in names:
         split = build_or_load_cache(
-            split_pairs(data_dir, name), loaded.image_size, data_dir / "cache", name=name, workers=workers,
+            split_pairs(data_dir, name), model.frame_size, data_dir / "cache", name=name, workers=workers,
             skip_bad=skip_bad, progress=progress,
         )  # fmt: skip
         start = time.perf_counter()
-        matrix, rows, scores = score_split(
-            loaded, split, batch_size=batch_size, limit=limit, progress=progress, name=name
-        )
+        loader = FrameLoader(split, batch_size=batch_size, device=model.device, limit=limit)
+        score = score_frames(model, loader, progress=f"evaluating {name}" if progress else None)
+        matrix, rows, scores = score.matrix, np.asarray(loader.indices), score.per_image
         seconds = time.perf_counter() - start
         summary = summarize(matrix, CLASS_NAMES)
         results[name] = {
             **summary,
+            "resolution": score.resolution,
             "images": int(len(rows)),
             "limit": limit,
             "data_dir": str(data_dir.resolve()),
@@ -270,13 +224,13 @@ def evaluate_model(
             ],
             "evaluated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        title = f"{shown} on {SPLIT_TITLES.get(name, name)}: mIoU {_fmt(summary['miou'])}"
+        title = f"{shown} on {SPLIT_TITLES.get(name, name)}: mIoU {_fmt(summary['miou'])} ({score.resolution})"
         files.append(str(plot_confusion_matrix(
             results_path(checkpoint, f"confusion_{name}.png"), matrix.numpy(), CLASS_NAMES, title
         )))  # fmt: skip
         if grid > 0:
             figure = plot_best_and_worst(
-                results_path(checkpoint, f"predictions_{name}.png"), loaded, split, rows, scores, grid,
+                results_path(checkpoint, f"predictions_{name}.png"), model, split, rows, scores, grid,
                 f"{shown} on {SPLIT_TITLES.get(name, name)}: best and worst images by mIoU",
             )  # fmt: skip
             if figure is not None:
@@ -285,7 +239,7 @@ def evaluate_model(
             ious = "  ".join(f"{c} {_fmt(v)}" for c, v in summary["iou"].items())
             info(
                 f"{name}: mIoU {_fmt(summary['miou'])}  pixel accuracy {_fmt(summary['pixel_accuracy'])}  "
-                f"[{ious}]  {len(rows)} images, {len(rows) / max(seconds, 1e-9):.1f} img/s"
+                f"[{ious}]  {len(rows)} images at {score.resolution}, {len(rows) / max(seconds, 1e-9):.1f} img/s"
             )
 
     eval_path = results_path(checkpoint, "eval.json")
@@ -293,7 +247,7 @@ def evaluate_model(
     record = {
         "model": str(checkpoint),
         "backbone": backbone,
-        "image_size": list(loaded.image_size),
+        "frame_size": model.frame_size.describe(),
         "checkpoint": checkpoint_fingerprint(checkpoint),
         "splits": {**saved.get("splits", {}), **results},
         "files": sorted(set(saved.get("files", [])) | set(files) | {str(eval_path)}),
@@ -304,7 +258,7 @@ def evaluate_model(
     return {
         "model": str(checkpoint),
         "backbone": backbone,
-        "image_size": list(loaded.image_size),
+        "frame_size": model.frame_size.describe(),
         "splits": results,
         "files": [str(eval_path), *files],
     }

@@ -19,13 +19,11 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Sequence
 
-from lunar_cli.classes import NUM_CLASSES
+from lunar_cli.classes import IGNORE_INDEX, NUM_CLASSES
 from lunar_cli.console import LunarError
 
 if TYPE_CHECKING:
     from torch import Tensor
-
-IGNORE_INDEX = 255  # mask value for unlabeled pixels: counted nowhere
 
 
 def predicted_classes(logits: "Tensor", dim: int = 1) -> "Tensor":
@@ -65,6 +63,22 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int = NUM_CLASSE
     # Ignored pixels go to one extra bin that is then cut off: no boolean compaction.
     flat = torch.where(keep, target * n + pred, torch.full_like(target, n * n))
     return torch.bincount(flat, minlength=n * n + 1)[: n * n].reshape(n, n)
+
+
+def image_matrices(pred: "Tensor", target: "Tensor", num_classes: int = NUM_CLASSES) -> "Tensor":
+    """Return one (C, C) confusion matrix per image, shape (N, C, C), from (N, H, W) class maps.
+
+    One bincount for the whole batch: image i's counts sit in bins offset by i * (C*C + 1);
+    the extra bin per image takes the unlabeled (IGNORE_INDEX) pixels and is cut off.
+    """
+    import torch
+
+    n, bins = pred.shape[0], num_classes * num_classes + 1
+    target = target.reshape(n, -1).long()
+    cell = torch.where(target != IGNORE_INDEX, target * num_classes + pred.reshape(n, -1).long(), bins - 1)
+    cell = cell + torch.arange(n, device=cell.device).view(n, 1) * bins
+    counts = torch.bincount(cell.reshape(-1), minlength=n * bins).view(n, bins)
+    return counts[:, :-1].reshape(n, num_classes, num_classes)
 
 
 class ConfusionMatrix:

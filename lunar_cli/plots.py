@@ -21,7 +21,7 @@ import numpy as np
 
 from lunar_cli.classes import CLASS_NAMES, CLASSES, NUM_CLASSES, PALETTE, encode_mask, to_rgb_uint8
 from lunar_cli.console import LunarError
-from lunar_cli.metrics import IGNORE_INDEX
+from lunar_cli.classes import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -19,14 +19,14 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 
-from lunar_cli.classes import CLASS_NAMES, IMAGE_SUFFIXES, encode_mask
+from lunar_cli.classes import IMAGE_SUFFIXES, encode_mask
 from lunar_cli.console import LunarError, info, track, warn
 from lunar_cli.metrics import predicted_classes
 
 if TYPE_CHECKING:
     import torch
 
-    from lunar_cli.inference import LoadedModel
+    from lunar_cli.engine import Model
 
 # Output format -> what is appended to the output's base name.
 FORMATS = {"rgb": ".png", "index": ".png", "overlay": "_overlay.png", "probs": ".npz"}
@@ -166,81 +166,11 @@ def read_photo(path: Path) -> tuple[np.ndarray, str | None]:
     return to_rgb_uint8(img, str(path)), (" ".join(notes) or None)
 
 
-def batch_logits(loaded: "LoadedModel", photos: list[np.ndarray]) -> "torch.Tensor":
-    """Return logits (N, C, h, w) on the model's device for photos resized to the model's size."""
-    import cv2
-
-    from lunar_cli.inference import logits_for
-
-    mh, mw = loaded.image_size
-    small = [p if p.shape[:2] == (mh, mw) else cv2.resize(p, (mw, mh), interpolation=cv2.INTER_AREA) for p in photos]
-    return logits_for(loaded, np.stack(small))
-
-
-def tile_starts(length: int, window: int, overlap: float) -> list[int]:
-    """Return window offsets covering ``length`` (>= ``window``) with about ``overlap`` shared between neighbours."""
-    stride = max(1, int(round(window * (1.0 - overlap))))
-    starts = list(range(0, length - window + 1, stride))
-    if starts[-1] != length - window:
-        starts.append(length - window)  # the last window ends flush with the edge
-    return starts
-
-
-def blend_window(height: int, width: int) -> np.ndarray:
-    """Return a (height, width) float32 Hann-like weight: 1 in the centre, small but never zero at the edges."""
-
-    def hann(n: int) -> np.ndarray:
-        return np.sin(np.pi * (np.arange(n) + 0.5) / n) ** 2  # half-pixel offset: never exactly 0
-
-    return np.outer(hann(height), hann(width)).astype(np.float32)
-
-
-def tiled_logits(
-    loaded: "LoadedModel", photo: np.ndarray, overlap: float, batch_size: int
-) -> "torch.Tensor":
-    """Return logits (C, H, W) on CPU for a photo of any size, by sliding windows at the model's own size.
-
-    Overlapping windows are blended with ``blend_window`` weights, so there are no
-    seams; the running sums live in one float32 (C, H, W) buffer on CPU, so GPU memory
-    stays at one batch of windows however big the photo. A photo smaller than a
-    window is mirror-padded, then cropped back.
-    """
+def classify(logits: "torch.Tensor", want_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Return (class indices (H, W) uint8, softmax probabilities (C, H, W) float16 or None) of logits (C, H, W)."""
     import torch
-
-    from lunar_cli.inference import logits_for
-
-    th, tw = loaded.image_size
-    height, width = photo.shape[:2]
-    # "symmetric" mirrors like reflect but also works when the photo is 1 px wide.
-    padded = np.pad(photo, ((0, max(0, th - height)), (0, max(0, tw - width)), (0, 0)), mode="symmetric")
-    ph, pw = padded.shape[:2]
-    weight = torch.from_numpy(blend_window(th, tw))
-    windows = [(y, x) for y in tile_starts(ph, th, overlap) for x in tile_starts(pw, tw, overlap)]
-    total: torch.Tensor | None = None
-    norm = torch.zeros(ph, pw)
-    for i in range(0, len(windows), batch_size):
-        chunk = windows[i : i + batch_size]
-        logits = logits_for(loaded, np.stack([padded[y : y + th, x : x + tw] for y, x in chunk])).cpu()
-        if total is None:
-            total = torch.zeros(logits.shape[1], ph, pw)
-        for (y, x), window_logits in zip(chunk, logits):
-            total[:, y : y + th, x : x + tw] += window_logits * weight
-            norm[y : y + th, x : x + tw] += weight
-    return (total / norm)[:, :height, :width]
-
-
-def classify(logits: "torch.Tensor", size: tuple[int, int], want_probs: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Return (class indices (H, W) uint8, softmax probabilities (C, H, W) float16 or None) at ``size``.
-
-    ``logits`` (C, h, w) are upsampled bilinearly to ``size`` first: interpolating
-    logits, not labels, keeps class boundaries smooth at the photo's resolution.
-    """
-    import torch
-    import torch.nn.functional as F
 
     with torch.inference_mode():
-        if tuple(logits.shape[-2:]) != tuple(size):
-            logits = F.interpolate(logits[None].float(), size=size, mode="bilinear", align_corners=False)[0]
         indices = predicted_classes(logits, dim=0).to(torch.uint8).cpu().numpy()
         probs = logits.float().softmax(0).half().cpu().numpy() if want_probs else None
     return indices, probs
@@ -285,7 +215,7 @@ def write_outputs(
 
 def _make_plan(inputs, output, model, runs_dir, fmt, hazard) -> dict[str, Any]:
     """Return the whole job as plain values (inputs, output files, model, problems), for rank 0 to share."""
-    from lunar_cli.inference import find_model
+    from lunar_cli.engine import find_model
 
     paths, problems = collect_inputs(inputs)
     if not paths:
@@ -332,7 +262,7 @@ def run_predict(
     """
     import torch
 
-    from lunar_cli.inference import load_model
+    from lunar_cli.engine import load_model
     from lunar_cli.runtime import setup_distributed, teardown_distributed
 
     dist, dev = setup_distributed(device)
@@ -345,11 +275,11 @@ def run_predict(
             raise LunarError(f"{plan['problems'][0]['reason']} (--strict: nothing predicted)")
         for problem in plan["problems"] if dist.is_main else []:
             warn(problem["reason"])
-        loaded = load_model(Path(plan["model"]), dev, amp, channels_last)
+        model_ = load_model(Path(plan["model"]), dev, amp, channels_last)
         if dev.type == "cuda" and not tile:
             torch.backends.cudnn.benchmark = True  # every batch has the model's fixed input size
         jobs = list(range(len(plan["inputs"])))[dist.rank :: dist.world_size]
-        done, failed = _predict_share(loaded, plan, jobs, fmt=fmt, tile=tile, tile_overlap=tile_overlap,
+        done, failed = _predict_share(model_, plan, jobs, fmt=fmt, tile=tile, tile_overlap=tile_overlap,
                                       hazard_margin=hazard_margin, batch_size=batch_size,
                                       strict=strict, progress=progress and dist.is_main)  # fmt: skip
         everyone_failed = failed
@@ -384,14 +314,15 @@ def _gather(dist, done: list, failed: list) -> tuple[list, list, list]:
 
 
 def _predict_share(
-    loaded: "LoadedModel", plan: dict[str, Any], jobs: list[int], *, fmt: str, tile: bool, tile_overlap: float,
+    model: "Model", plan: dict[str, Any], jobs: list[int], *, fmt: str, tile: bool, tile_overlap: float,
     hazard_margin: int, batch_size: int, strict: bool, progress: bool,
 ) -> tuple[list[tuple[int, dict]], list[dict[str, Any]]]:  # fmt: skip
     """Predict the inputs numbered ``jobs``; return ([(job, record)], failures)."""
     import cv2
 
-    class_names = [c["name"] for c in loaded.meta.get("classes", [])] or list(CLASS_NAMES)
-    mh, mw = loaded.image_size
+    from lunar_cli.engine import photo_logits, tiled_logits
+
+    class_names = model.class_names
     done: list[tuple[int, dict]] = []
     failed: list[dict[str, Any]] = []
     said: set[str] = set()
@@ -400,7 +331,7 @@ def _predict_share(
     def finish(job: int, photo: np.ndarray, logits, seconds: float) -> None:
         start = time.perf_counter()
         height, width = photo.shape[:2]
-        indices, probs = classify(logits, (height, width), want_probs=fmt == "probs")
+        indices, probs = classify(logits, want_probs=fmt == "probs")
         files, hazard_summary = write_outputs(
             plan["targets"][job], fmt, photo, indices, probs, class_names, hazard_margin
         )
@@ -421,7 +352,7 @@ def _predict_share(
         if not pending:
             return
         start = time.perf_counter()
-        logits = batch_logits(loaded, [photo for _, photo, _ in pending])
+        logits = photo_logits(model, [photo for _, photo, _ in pending])
         share = (time.perf_counter() - start) / len(pending)
         for (job, photo, read_seconds), image_logits in zip(pending, logits):
             finish(job, photo, image_logits, read_seconds + share)
@@ -443,16 +374,19 @@ def _predict_share(
         if note and note not in said:
             said.add(note)
             warn(f"{path}: {note} photo, converted to 8-bit RGB (said once for all such photos)")
-        if not tile and photo.shape[0] * photo.shape[1] > 16 * mh * mw and "large" not in said:
+        h, w = model.frame_size.of(*photo.shape[:2])
+        if not tile and h * w > 64 * model.window**2 and "large" not in said:
             said.add("large")
-            info(f"{path} is {photo.shape[1]}x{photo.shape[0]}; the model sees it at {mw}x{mh}: "
-                 "--tile predicts at full resolution")  # fmt: skip
+            info(f"{path} is {photo.shape[1]}x{photo.shape[0]} ({w}x{h} at the model's scale): "
+                 "--tile bounds the memory it takes")  # fmt: skip
         seconds = time.perf_counter() - start
         if tile:
             start = time.perf_counter()
-            logits = tiled_logits(loaded, photo, tile_overlap, batch_size)
+            logits = tiled_logits(model, photo, tile_overlap, batch_size)
             finish(job, photo, logits, seconds + time.perf_counter() - start)
         else:
+            if pending and pending[0][1].shape != photo.shape:  # a batch holds photos of one size
+                flush()
             pending.append((job, photo, seconds))
             if len(pending) >= batch_size:
                 flush()

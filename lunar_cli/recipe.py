@@ -1,14 +1,17 @@
 """How a model learns: the loss, the optimiser and the learning-rate schedule of a run.
 
 Each builder takes the values it needs and trusts them (the config was validated at the
-edge). Schedules are stepped once per epoch; their shape is a function of the epoch, so a
-resumed run that asks for more epochs stretches the schedule instead of replaying it.
+edge). Schedules are stepped after every optimiser step; their shape is a function of
+(step, total steps), so a resumed run that asks for more epochs stretches the schedule
+instead of replaying it. Losses ignore IGNORE_INDEX pixels (crops that overhang a frame).
 """
 
 from __future__ import annotations
 
 import math
 from typing import TYPE_CHECKING, Any, Callable
+
+from lunar_cli.classes import IGNORE_INDEX
 
 if TYPE_CHECKING:
     import torch
@@ -30,17 +33,17 @@ def make_criterion(loss: str, class_weights: Any, class_pixels: list[int], devic
         weight = torch.tensor(class_weights, dtype=torch.float32, device=device)
 
     def cross_entropy(logits, target):
-        return F.cross_entropy(logits.float(), target, weight=weight)
+        return F.cross_entropy(logits.float(), target, weight=weight, ignore_index=IGNORE_INDEX)
 
     if loss == "ce":
         return cross_entropy
     from segmentation_models_pytorch.losses import DiceLoss, FocalLoss  # ~1 s import, only when asked
 
-    dice = DiceLoss(mode="multiclass", from_logits=True)
+    dice = DiceLoss(mode="multiclass", from_logits=True, ignore_index=IGNORE_INDEX)
     if loss == "dice":
         return lambda logits, target: dice(logits.float(), target)
     if loss == "focal":
-        focal = FocalLoss(mode="multiclass")
+        focal = FocalLoss(mode="multiclass", ignore_index=IGNORE_INDEX)
         return lambda logits, target: focal(logits.float(), target)
     return lambda logits, target: cross_entropy(logits, target) + dice(logits.float(), target)
 
@@ -72,24 +75,36 @@ def make_optimizer(model: "torch.nn.Module", cfg: "TrainConfig") -> "torch.optim
     return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
-def schedule_factor(kind: str, epoch: int, epochs: int) -> float:
-    """Return the learning-rate multiplier after ``epoch`` finished epochs of ``epochs`` (1 at the start)."""
+def schedule_factor(kind: str, step: int, total: int, warmup: int) -> float:
+    """Return the learning-rate multiplier after ``step`` of ``total`` optimiser steps (``warmup`` of them rising)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
     if kind == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, epochs) / epochs))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    if kind == "poly":
+        return (1.0 - progress) ** 0.9
     if kind == "step":
-        return 0.1 ** (epoch // max(1, epochs // 3))
+        return 0.1 ** min(2, int(progress * 3))
     return 1.0
 
 
-def make_scheduler(optimizer: "torch.optim.Optimizer", kind: str, epochs: int):
-    """Return a per-epoch learning-rate scheduler for ``kind``, or None for a constant rate."""
+def make_scheduler(optimizer: "torch.optim.Optimizer", cfg: "TrainConfig", steps_per_epoch: int):
+    """Return the run's scheduler: a per-step LambdaLR (warm-up, then the schedule), ReduceLROnPlateau, or None.
+
+    ``plateau`` is stepped once per epoch with the val mIoU; every other kind after each
+    optimiser step.
+    """
     import torch
 
-    if kind == "none":
-        return None
-    if kind == "plateau":
+    if cfg.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: schedule_factor(kind, epoch, epochs))
+    total = cfg.epochs * steps_per_epoch
+    warmup = round(cfg.warmup * total)
+    if cfg.scheduler == "none" and warmup == 0:
+        return None
+    kind = cfg.scheduler
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule_factor(kind, step, total, warmup))
 
 
 def set_hyperparameters(optimizer: "torch.optim.Optimizer", scheduler: Any, cfg: "TrainConfig") -> None:

@@ -32,6 +32,11 @@ def read_resume_checkpoint(last: Path) -> dict:
     ckpt = load_checkpoint(last, mmap=True)
     if "train_state" not in ckpt:
         raise LunarError(f"{last}: holds weights only (a best.pt?); resume from the run's last.pt")
+    if ckpt["meta"]["format_version"] < 2:
+        raise LunarError(
+            f"{last}: a run of lunar {ckpt['meta'].get('lunar_version', '0.1')} (frames squashed to a square), "
+            "which this lunar cannot continue; start a new run (its best.pt still works with evaluate and predict)"
+        )
     return ckpt
 
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from lunar_cli.classes import CLASS_NAMES, NUM_CLASSES
+from lunar_cli.classes import CLASS_NAMES
 from lunar_cli.config import Config, as_dict
 from lunar_cli.console import LunarError, info, warn
 from lunar_cli.runtime import Dist
@@ -28,7 +28,7 @@ from lunar_cli.runtime import Dist
 if TYPE_CHECKING:
     import torch
 
-    from lunar_cli.data.dataset import BatchLoader
+    from lunar_cli.data.dataset import CropLoader
     from lunar_cli.data.loaders import Loaders
     from lunar_cli.runtime import Precision
     from lunar_cli.train_log import EpochProgress
@@ -101,7 +101,7 @@ def build_run(cfg: Config, dist: Dist, device: "torch.device", run_dir: Path, fr
     """Return the run's data, model (on the device, wrapped for DDP/compile), optimiser, schedule and loss."""
     import torch
 
-    from lunar_cli.data.loaders import make_loaders
+    from lunar_cli.data.loaders import crop_side, frame_size, make_loaders
     from lunar_cli.models.registry import build_model, friendly_name, normalization, smp_encoder_name
     from lunar_cli.recipe import make_criterion, make_optimizer, make_scheduler
     from lunar_cli.runtime import choose_precision
@@ -116,7 +116,8 @@ def build_run(cfg: Config, dist: Dist, device: "torch.device", run_dir: Path, fr
     )  # fmt: skip
     # A resumed run's weights come from its checkpoint: never download encoder weights for it.
     weights = None if not fresh or backbone == "custom" or t.encoder_weights == "none" else t.encoder_weights
-    model = build_model(backbone, encoder_weights=weights).to(device)
+    model_kwargs = {"base_width": t.width, "depth": t.depth} if backbone == "custom" else {}
+    model = build_model(backbone, encoder_weights=weights, **model_kwargs).to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, t)
@@ -127,13 +128,13 @@ def build_run(cfg: Config, dist: Dist, device: "torch.device", run_dir: Path, fr
         net = DistributedDataParallel(model, device_ids=[device.index] if on_gpu else None)
     if t.compile:
         net = torch.compile(net)
-    meta = dict(backbone=backbone, encoder=smp_encoder_name(backbone), image_size=cfg.data.image_size,
-                normalization=norm, model_kwargs={})  # fmt: skip
+    meta = dict(backbone=backbone, encoder=smp_encoder_name(backbone), frame_size=frame_size(cfg.data),
+                crop_size=crop_side(cfg.data), normalization=norm, model_kwargs=model_kwargs)  # fmt: skip
     return Run(
         cfg=cfg, dist=dist, device=device, run_dir=run_dir, backbone=backbone, model=model, net=net,
-        loaders=loaders, optimizer=optimizer, scheduler=make_scheduler(optimizer, t.scheduler, t.epochs),
-        scaler=precision.grad_scaler(), precision=precision, criterion=make_criterion(t.loss, t.class_weights, loaders.class_pixels, device),
-        meta=meta,
+        loaders=loaders, optimizer=optimizer, scheduler=make_scheduler(optimizer, t, len(loaders.train)),
+        scaler=precision.grad_scaler(), precision=precision,
+        criterion=make_criterion(t.loss, t.class_weights, loaders.class_pixels, device), meta=meta,
     )  # fmt: skip
 
 
@@ -165,9 +166,9 @@ def restore(run: Run, ckpt: dict) -> TrainState:
 
 
 def train_one_epoch(
-    model, loader: "BatchLoader", criterion, optimizer, scaler, autocast, update,
+    model, loader: "CropLoader", criterion, optimizer, scaler, autocast, update, scheduler=None,
 ) -> tuple[float, int, float]:  # fmt: skip
-    """Train for one epoch; return (mean loss on this rank, images seen, seconds)."""
+    """Train for one epoch (stepping a per-step ``scheduler`` after each step); return (mean loss, images, seconds)."""
     import torch
 
     model.train()
@@ -186,6 +187,8 @@ def train_one_epoch(
         else:
             loss.backward()
             optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         total += loss.detach() * images.shape[0]
         seen += images.shape[0]
         if update is not None and (step % 5 == 0 or step == len(loader)):
@@ -195,23 +198,15 @@ def train_one_epoch(
     return float(total.item() / max(seen, 1)), seen, seconds
 
 
-def validate(model, loader: "BatchLoader", criterion, autocast) -> tuple[float, dict]:
-    """Return (mean loss, metrics summary) of ``model`` on the whole loader."""
-    import torch
+def validate(run: Run) -> tuple[float | None, dict]:
+    """Return (mean loss, metrics summary) of the run's model on the whole val split, at the labels' resolution."""
+    from lunar_cli.engine import wrap_model
+    from lunar_cli.metrics import summarize
+    from lunar_cli.scoring import score_frames
 
-    from lunar_cli.metrics import ConfusionMatrix, summarize
-
-    model.eval()
-    matrix = ConfusionMatrix(NUM_CLASSES)
-    total, seen = 0.0, 0
-    with torch.inference_mode():
-        for images, masks in loader:
-            with autocast():
-                logits = model(images)
-            total += float(criterion(logits, masks)) * images.shape[0]
-            seen += images.shape[0]
-            matrix.update(logits, masks)
-    return total / max(seen, 1), summarize(matrix.matrix, CLASS_NAMES)
+    model = wrap_model(run.model, run.meta, run.device, run.precision)
+    score = score_frames(model, run.loaders.val, criterion=run.criterion)
+    return score.loss, summarize(score.matrix, CLASS_NAMES)
 
 
 def run_epoch(run: Run, epoch: int, bar: "EpochProgress") -> dict:
@@ -221,18 +216,19 @@ def run_epoch(run: Run, epoch: int, bar: "EpochProgress") -> dict:
     from lunar_cli.runtime import all_reduce_sum
 
     run.loaders.train.set_epoch(epoch)
+    lr = run.optimizer.param_groups[0]["lr"]
+    per_step = run.scheduler if run.cfg.train.scheduler != "plateau" else None
     with bar.epoch(epoch, len(run.loaders.train)) as update:
         train_loss, seen, seconds = train_one_epoch(
-            run.net, run.loaders.train, run.criterion, run.optimizer, run.scaler, run.precision.autocast, update
-        )
+            run.net, run.loaders.train, run.criterion, run.optimizer, run.scaler, run.precision.autocast, update,
+            per_step,
+        )  # fmt: skip
     if run.dist.enabled:
         totals = all_reduce_sum(torch.tensor([train_loss * seen, seen], dtype=torch.float64), run.dist)
         train_loss, seen = float(totals[0] / totals[1]), int(totals[1])
-    val_loss, summary = validate(run.model, run.loaders.val, run.criterion, run.precision.autocast)
-    lr = run.optimizer.param_groups[0]["lr"]
-    if run.scheduler is not None:
-        miou = summary["miou"] if summary["miou"] is not None else float("nan")
-        run.scheduler.step(miou) if run.cfg.train.scheduler == "plateau" else run.scheduler.step()
+    val_loss, summary = validate(run)
+    if run.scheduler is not None and per_step is None:
+        run.scheduler.step(summary["miou"] if summary["miou"] is not None else float("nan"))
     return {
         "epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_miou": summary["miou"],
         "val_pixel_accuracy": summary["pixel_accuracy"], **{f"iou_{n}": summary["iou"][n] for n in CLASS_NAMES},
@@ -342,8 +338,9 @@ def _say_start(run: Run, resumed_at: int | None) -> None:
     procs = f" x{run.dist.world_size} processes" if run.dist.enabled else ""
     info(
         f"training {run.backbone} ({n_params / 1e6:.2f}M parameters) on {run.precision.label}{procs}: "
-        f"{len(run.loaders.train.indices)} train / {len(run.loaders.val.indices)} val images at "
-        f"{run.cfg.data.image_size}px, {t.epochs} epochs -> {run.run_dir}"
+        f"{len(run.loaders.train.indices)} train frames ({run.loaders.train.split.size_rule.describe()}, "
+        f"{run.loaders.train.crop}px crops) / {len(run.loaders.val.indices)} val frames (whole, scored at full "
+        f"resolution), {t.epochs} epochs -> {run.run_dir}"
     )
 
 

@@ -13,9 +13,10 @@ import pytest
 from lunar_cli.classes import encode_mask, write_png_atomic
 from lunar_cli.console import LunarError
 from lunar_cli.data import cache
-from lunar_cli.data.cache import build_or_load_cache, cache_key
+from lunar_cli.classes import IGNORE_INDEX
+from lunar_cli.data.cache import FrameSize, build_or_load_cache, cache_key
 
-SIZE = (24, 32)  # (height, width) of the cache; the files are 48x64
+SIZE = FrameSize(scale=0.5)  # the files are 48x64: the model's frames 24x32
 
 
 def scene(i: int, height: int = 48, width: int = 64) -> tuple[np.ndarray, np.ndarray]:
@@ -64,6 +65,7 @@ def test_build_writes_arrays_at_training_size(pairs, tmp_path):
     split = build(pairs, tmp_path / "cache")
     assert split.images.shape == (10, 24, 32, 3) and split.images.dtype == np.uint8
     assert split.masks.shape == (10, 24, 32) and split.masks.dtype == np.uint8
+    assert split.full_masks.shape == (10, 48, 64) and split.sizes.tolist() == [[24, 32, 48, 64]] * 10
     assert isinstance(split.images, np.memmap)
     assert split.files == [p[0].as_posix() for p in pairs]
     assert split.off_palette == 0.0 and split.skipped == []
@@ -71,10 +73,32 @@ def test_build_writes_arrays_at_training_size(pairs, tmp_path):
     expected = cv2.resize(mask, (32, 24), interpolation=cv2.INTER_NEAREST)
     assert np.array_equal(split.masks[2], expected)
     assert np.array_equal(split.images[2], cv2.resize(image, (32, 24), interpolation=cv2.INTER_AREA))
+    assert np.array_equal(split.full_masks[2], mask)  # the labels as drawn, for scoring
     assert sum(split.class_pixels) == 10 * 24 * 32
     meta = json.loads((split.path / "meta.json").read_text())
     assert meta["count"] == 10 and meta["key"] == split.path.name == cache_key(pairs, SIZE)
-    assert (meta["height"], meta["width"]) == SIZE
+    assert meta["canvas"] == [24, 32] and meta["size_rule"] == "scale 0.5"
+
+
+def test_at_scale_one_the_masks_are_stored_once(pairs, tmp_path):
+    split = build_or_load_cache(pairs, FrameSize(), tmp_path / "cache", workers=0, progress=False)
+    assert split.images.shape == (10, 48, 64, 3) and split.full_masks is split.masks
+    assert not (split.path / "full_masks.npy").exists()
+
+
+def test_frames_of_other_sizes_share_a_canvas_and_keep_their_own_size(tmp_path):
+    pairs = []
+    for i, (h, w) in enumerate([(48, 64), (40, 30), (50, 20)], start=1):
+        image, mask = scene(1, height=h, width=w)
+        pair = (tmp_path / f"render{i}.png", tmp_path / f"clean{i}.png")
+        write_png_atomic(pair[0], image)
+        write_png_atomic(pair[1], encode_mask(mask))
+        pairs.append(pair)
+    split = build_or_load_cache(pairs, FrameSize(scale=0.5), tmp_path / "cache", workers=0, progress=False)
+    assert split.images.shape == (3, 25, 32, 3) and split.full_masks.shape == (3, 50, 64)
+    assert split.sizes.tolist() == [[24, 32, 48, 64], [20, 15, 40, 30], [25, 10, 50, 20]]
+    assert (split.masks[1, 20:] == IGNORE_INDEX).all() and (split.masks[1, :, 15:] == IGNORE_INDEX).all()
+    assert (split.full_masks[2, :, 20:] == IGNORE_INDEX).all() and (split.full_masks[2, :, :20] != IGNORE_INDEX).all()
 
 
 def test_masks_are_never_blended(tmp_path):
@@ -84,7 +108,7 @@ def test_masks_are_never_blended(tmp_path):
     pair = (tmp_path / "render0001.png", tmp_path / "clean0001.png")
     write_png_atomic(pair[0], np.zeros((48, 64, 3), np.uint8))
     write_png_atomic(pair[1], encode_mask(mask))
-    split = build_or_load_cache([pair], (20, 27), tmp_path / "cache", workers=0, progress=False)
+    split = build_or_load_cache([pair], FrameSize(scale=27 / 64), tmp_path / "cache", workers=0, progress=False)
     assert set(np.unique(split.masks)) == {1, 3}  # blending 1 and 3 would invent class 2
     assert np.array_equal(split.masks[0], cv2.resize(mask, (27, 20), interpolation=cv2.INTER_NEAREST))
 
@@ -119,8 +143,8 @@ def test_changed_file_or_size_gives_a_new_cache(pairs, tmp_path):
     st = pairs[4][0].stat()
     os.utime(pairs[4][0], ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # touch only
     assert cache_key(pairs, SIZE) != changed.path.name
-    bigger = build_or_load_cache(pairs, 16, tmp_path / "cache", workers=0, progress=False)
-    assert bigger.images.shape == (10, 16, 16, 3)
+    square = build_or_load_cache(pairs, FrameSize(square=16), tmp_path / "cache", workers=0, progress=False)
+    assert square.images.shape == (10, 16, 16, 3) and square.full_masks.shape == (10, 48, 64)
 
 
 def test_moving_the_data_folder_keeps_the_key(pairs, tmp_path):
@@ -214,10 +238,4 @@ def test_mask_of_another_size_is_an_error_naming_it(pairs, tmp_path):
 
 def test_empty_split_says_what_to_do(tmp_path):
     with pytest.raises(LunarError, match=r"split 'val' is empty: run `lunar split`"):
-        build_or_load_cache([], 32, tmp_path / "cache", name="val", progress=False)
-
-
-def test_bad_size_is_refused(pairs, tmp_path):
-    for size in (0, (32,), "256", (32, 3)):
-        with pytest.raises(LunarError, match="size"):
-            build_or_load_cache(pairs, size, tmp_path / "cache", progress=False)
+        build_or_load_cache([], SIZE, tmp_path / "cache", name="val", progress=False)

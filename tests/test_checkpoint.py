@@ -18,6 +18,7 @@ from lunar_cli.models.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from lunar_cli.data.cache import FrameSize
 from lunar_cli.models.registry import build_model, normalization
 
 TINY = {"base_width": 4, "depth": 2}
@@ -26,7 +27,8 @@ TINY = {"base_width": 4, "depth": 2}
 def tiny_meta(backbone: str = "custom", model_kwargs: dict | None = None, epoch: int = 3) -> dict:
     return checkpoint_meta(
         backbone,
-        image_size=(48, 64),
+        frame_size=FrameSize(scale=0.5),
+        crop_size=32,
         normalization=normalization(backbone),
         epoch=epoch,
         best_metric=("val_miou", 0.5),
@@ -79,7 +81,7 @@ def test_round_trip_rebuilds_the_same_model(tmp_path):
     assert meta["model_kwargs"] == TINY
     assert [c["name"] for c in meta["classes"]] == ["ground", "sky", "small_rocks", "large_rocks"]
     assert meta["classes"][1]["rgb"] == [255, 0, 0]
-    assert meta["image_size"] == [48, 64]
+    assert meta["frame_size"] == {"scale": 0.5, "square": None} and meta["crop_size"] == 32
     assert meta["normalization"] == {"mean": [0.0] * 3, "std": [1.0] * 3}
     assert meta["best_metric"] == {"name": "val_miou", "value": 0.5}
     assert meta["lunar_version"] == __version__ and meta["torch_version"] == str(torch.__version__)

@@ -34,7 +34,7 @@ def run_together(jobs: list[list], go: Path) -> list[tuple[int, str, str]]:
 
 
 def test_two_predict_batches_into_one_folder_never_mix_files(tmp_path):
-    model = save_model(tmp_path / "model.pt", image_size=32)
+    model = save_model(tmp_path / "model.pt", square=32)
     make_photos(tmp_path / "a", 24, seed=1)  # shot0..shot23
     rng = np.random.default_rng(2)
     b_photos = [tmp_path / "b" / f"shot{i}.png" for i in range(12, 36)]  # 12 names in common with a

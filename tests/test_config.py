@@ -98,7 +98,7 @@ def test_choices_are_declared_once_and_help_completions_and_example_follow():
     bash, example = rest.split("# lunar configuration", 1)
     assert "--loss <ce|dice|focal|ce+dice|lovasz>" in help_text
     assert '"ce dice focal ce+dice lovasz"' in bash
-    assert "loss: ce                # [ce | dice | focal | ce+dice | lovasz]" in example
+    assert "loss: ce+dice           # [ce | dice | focal | ce+dice | lovasz]" in example
 
 
 def test_example_yaml_documents_every_option_with_its_default():

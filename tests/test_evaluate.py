@@ -13,19 +13,20 @@ import pytest
 from lunar_cli.config import load_config
 from lunar_cli.console import LunarError
 from lunar_cli.data.split import make_split, read_manifest
-from lunar_cli.evaluate import best_and_worst, evaluate_model, image_matrices
+from lunar_cli.evaluate import best_and_worst, evaluate_model
+from lunar_cli.metrics import image_matrices
 from lunar_cli.train import train
 from tests.conftest import make_dataset
 
 SIZE = 64
 
 
-def train_tiny(data_dir: Path, runs_dir: Path, name: str, seed: int = 0, epochs: int = 1) -> Path:
+def train_tiny(data_dir: Path, runs_dir: Path, name: str, seed: int = 0, epochs: int = 1, **flags) -> Path:
     """Train a tiny custom U-Net for a few seconds; return its run folder."""
     cfg = load_config(None, {
-        "data.image_size": SIZE, "train.batch_size": 4, "train.epochs": epochs, "train.deterministic": True,
-        "train.name": name, "data.workers": 0, "data_dir": data_dir, "runs_dir": runs_dir, "seed": seed,
-        "device": "cpu",
+        "data.crop_size": SIZE, "train.batch_size": 4, "train.epochs": epochs, "train.deterministic": True,
+        "train.width": 4, "train.depth": 2, "train.name": name, "data.workers": 0, "data_dir": data_dir,
+        "runs_dir": runs_dir, "seed": seed, "device": "cpu", **flags,
     })  # fmt: skip
     result = train(cfg, progress=False)
     return Path(result["run_dir"])
@@ -80,27 +81,62 @@ def test_evaluate_a_run_writes_eval_json_and_figures(setup, tmp_path):
 
 
 def test_scores_match_the_models_own_predictions_and_training_validation(setup, tmp_path):
-    """The matrix equals one made here from logits_for; val mIoU equals the one training logged for best.pt."""
+    """The matrix equals one made here from the engine's logits; val mIoU equals the one training logged for best.pt."""
     import torch
 
-    from lunar_cli.data.cache import build_or_load_cache
+    from lunar_cli.data.cache import FrameSize, build_or_load_cache
     from lunar_cli.data.split import split_pairs
-    from lunar_cli.inference import load_model, logits_for
+    from lunar_cli.engine import frame_logits, load_model
 
     data_dir, trained = setup
     run = fresh_run(trained, tmp_path)
     result = evaluate_model(run, data_dir=data_dir, splits=["test", "val"], device="cpu", grid=0, progress=False)
 
-    split = build_or_load_cache(split_pairs(data_dir, "test"), SIZE, data_dir / "cache", name="test", progress=False)
-    pred = logits_for(load_model(run / "best.pt"), np.array(split.images)).argmax(1).numpy()
+    split = build_or_load_cache(split_pairs(data_dir, "test"), FrameSize(), data_dir / "cache", name="test",
+                                progress=False)  # fmt: skip
+    pred = frame_logits(load_model(run / "best.pt"), torch.from_numpy(np.array(split.images))).argmax(1).numpy()
     truth = np.array(split.masks).astype(np.int64)
     expected = np.bincount((truth * 4 + pred).ravel(), minlength=16).reshape(4, 4)
     assert result["splits"]["test"]["confusion_matrix"] == expected.tolist()
+    assert result["splits"]["test"]["resolution"].startswith(f"full resolution ({SIZE}x{SIZE} labels)")
 
     metrics = json.loads((run / "metrics.json").read_text())
     assert result["splits"]["val"]["miou"] == pytest.approx(metrics["best_val_miou"], abs=1e-9)
     assert not (run / "predictions_test.png").exists()  # grid=0: no prediction figure
     assert torch.is_grad_enabled()  # inference mode did not leak out
+
+
+def test_full_resolution_scoring_equals_a_matrix_made_by_hand(tmp_path):
+    """Frames of 100x70 (not a multiple of 32) fed at scale 0.5: scores count every pixel of the masks as drawn."""
+    import cv2
+    import torch
+
+    from lunar_cli.classes import read_image_rgb, read_mask
+    from lunar_cli.engine import load_model
+
+    data_dir = make_dataset(tmp_path / "data", n_render=10, n_real=2, size=(70, 100))
+    make_split(data_dir)
+    run = train_tiny(data_dir, tmp_path / "runs", "half", **{"data.scale": 0.5, "data.crop_size": 32,
+                                                           "data.zoom": [1.0, 1.0]})  # fmt: skip
+    result = evaluate_model(run, data_dir=data_dir, splits=["test_real"], device="cpu", grid=0, progress=False)
+    assert result["splits"]["test_real"]["resolution"] == "full resolution (100x70 labels), model fed at scale 0.5"
+
+    model = load_model(run / "best.pt", "cpu")
+    expected = np.zeros((4, 4), np.int64)
+    for row in read_manifest(data_dir):
+        if row["split"] != "test_real":
+            continue
+        photo = read_image_rgb(data_dir / row["image"])
+        truth, _ = read_mask(data_dir / row["mask"])
+        small = cv2.resize(photo, (50, 35), interpolation=cv2.INTER_AREA)  # half of 100x70
+        x = torch.from_numpy(small).permute(2, 0, 1)[None].float() / 255  # the custom U-Net takes 0-1 input
+        with torch.inference_mode(), model.precision.autocast():
+            logits = model.net(x.contiguous(memory_format=torch.channels_last)).float()
+        logits = torch.nn.functional.interpolate(logits, size=(70, 100), mode="bilinear", align_corners=False)
+        pred = logits.argmax(1)[0].numpy()
+        expected += np.bincount((truth.astype(np.int64) * 4 + pred).ravel(), minlength=16).reshape(4, 4)
+    assert expected.sum() == 2 * 70 * 100
+    assert result["splits"]["test_real"]["confusion_matrix"] == expected.tolist()
 
 
 def test_evaluating_val_later_keeps_the_test_results(setup, tmp_path):

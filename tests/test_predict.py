@@ -23,18 +23,23 @@ from lunar_cli.predict import output_names, run_predict
 REPO = Path(__file__).resolve().parents[1]
 
 
-def save_model(path: Path, image_size=64, seed: int = 0, **model_kwargs) -> Path:
-    """Write a tiny untrained custom U-Net as a lunar checkpoint (no training needed to test predict)."""
+def save_model(path: Path, square: int | None = 64, seed: int = 0, scale: float = 1.0, **model_kwargs) -> Path:
+    """Write a tiny untrained custom U-Net as a lunar checkpoint (no training needed to test predict).
+
+    ``square``: photos are squashed to that square (the study's way); None: fed at ``scale``.
+    """
     import torch
 
+    from lunar_cli.data.cache import FrameSize
     from lunar_cli.models.checkpoint import checkpoint_meta, save_checkpoint
     from lunar_cli.models.registry import build_model
 
     torch.manual_seed(seed)
     model = build_model("custom", **model_kwargs)
     meta = checkpoint_meta(
-        "custom", image_size=image_size, normalization={"mean": [0, 0, 0], "std": [1, 1, 1]}, epoch=1,
-        best_metric=("val_miou", 0.5), model_kwargs=model_kwargs,
+        "custom", frame_size=FrameSize(scale=scale, square=square), crop_size=square or 64,
+        normalization={"mean": [0, 0, 0], "std": [1, 1, 1]}, epoch=1, best_metric=("val_miou", 0.5),
+        model_kwargs=model_kwargs,
     )  # fmt: skip
     save_checkpoint(path, model_state=model.state_dict(), meta=meta)
     return path
@@ -144,8 +149,8 @@ def test_tiled_prediction_matches_whole_image_prediction_at_native_resolution(tm
     # The same weights twice: one checkpoint sees 64x64 windows, the other the whole 100x80
     # photo at once. A shallow U-Net (depth 1) looks at a small neighbourhood, so windows
     # blended without seams must agree with the whole-image pass almost everywhere.
-    windowed = save_model(tmp_path / "win.pt", image_size=64, seed=1, depth=1)
-    native = save_model(tmp_path / "native.pt", image_size=(80, 100), seed=1, depth=1)
+    windowed = save_model(tmp_path / "win.pt", square=64, seed=1, depth=1)
+    native = save_model(tmp_path / "native.pt", square=None, seed=1, depth=1)
     (src,) = make_photos(tmp_path / "in", 1, size=(80, 100), seed=1)
 
     def mask(model, name, **kw):

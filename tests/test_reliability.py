@@ -207,7 +207,7 @@ def dataset_cases(tmp: Path) -> list[Case]:
         case = Case(it.name, "eda", "ok" if kept_by_split(it) else "warn")
         cases.append(judge(case, result, token, lost, listed=token in flagged))
 
-    model = save_model(tmp / "model.pt", image_size=SIZE)
+    model = save_model(tmp / "model.pt", square=SIZE)
     for it in pair_items():
         if kept_by_split(it):
             continue
@@ -243,7 +243,7 @@ def dataset_cases(tmp: Path) -> list[Case]:
 def predict_cases(tmp: Path) -> list[Case]:
     """Each photo in a folder with two good photos; the big frame also tiled at the model's own size."""
     cases = []
-    model = save_model(tmp / "model.pt", image_size=SIZE)
+    model = save_model(tmp / "model.pt", square=SIZE)
     notes = {"grayscale": "grayscale", "16_bit": "16-bit", "rgba": "RGBA"}
     for it in (i for i in CORPUS if i.kind == PHOTO):
         folder = tmp / it.name / "in"
@@ -261,7 +261,7 @@ def predict_cases(tmp: Path) -> list[Case]:
         case = judge(Case(it.name, "predict", expect), result, notes.get(it.name, token_of(photo)), lost)
         cases.append(case)
         if it.name.startswith("huge"):
-            tiler = save_model(tmp / "tiler.pt", image_size=256, base_width=1, depth=1)
+            tiler = save_model(tmp / "tiler.pt", square=256, base_width=1, depth=1)
             result = lunar("predict", photo, "-o", tmp / "tiled.png", "--model", tiler, "--tile", "--overlap", "0",
                            "--device", "cpu")  # fmt: skip
             lost = int(result.code != 0 or probe_image(tmp / "tiled.png") != probe_image(photo))
@@ -365,7 +365,7 @@ def test_every_bad_input_against_every_command(tmp_path, http_server, capsys):  
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("LUNAR_SLOW") != "1", reason="8000x6000 tiling takes about 30 s: set LUNAR_SLOW=1")
 def test_8000x6000_frame_is_tiled_at_full_resolution(tmp_path):
-    tiler = save_model(tmp_path / "tiler.pt", image_size=256, base_width=1, depth=1)
+    tiler = save_model(tmp_path / "tiler.pt", square=256, base_width=1, depth=1)
     photo = corpus.huge_png(tmp_path / "huge.png", width=8000, height=6000)
     result = lunar("predict", photo, "-o", tmp_path / "mask.png", "--model", tiler, "--tile", "--device", "cpu")
     assert result.code == 0, result.err

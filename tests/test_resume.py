@@ -27,13 +27,16 @@ CHANGES = {
     "--epochs": (["--epochs", "2"], "apply"),
     "--batch-size": (["--batch-size", "2"], "note"),
     "--image-size": (["--image-size", "64"], "refuse"),
+    "--recipe": (["--recipe", "seed"], "refuse"),
+    "--scale": (["--scale", "0.5"], "refuse"),
+    "--crop-size": (["--crop-size", "64"], "note"),
     "--limit": (["--limit", "4"], "refuse"),
     "--patience": (["--patience", "3"], "apply"),
     "--loss": (["--loss", "dice"], "note"),
     "--class-weights": (["--class-weights", "1,1,5,5"], "note"),
     "--optimizer": (["--optimizer", "sgd"], "refuse"),
     "--lr": (["--lr", "0.5"], "note"),
-    "--scheduler": (["--scheduler", "cosine"], "refuse"),
+    "--scheduler": (["--scheduler", "poly"], "refuse"),
     "--name": (["--name", "other"], "refuse"),
     "--exist-ok": (["--exist-ok"], "refuse"),
     "--amp": (["--no-amp"], "note"),
@@ -112,7 +115,7 @@ def test_applied_values_take_effect_in_the_resumed_run(finished_run, tmp_path):
     result = train(cfg, resume=run, progress=False)
     assert result["epochs_run"] == 2
     last = torch.load(run / "last.pt", weights_only=True)
-    assert last["train_state"]["optimizer"]["param_groups"][0]["lr"] == 0.25
+    assert last["train_state"]["optimizer"]["param_groups"][0]["initial_lr"] == 0.25  # the schedule's base rate
     assert last["train_state"]["config"]["train"]["batch_size"] == 2
     assert result["last"]["images_per_second"] > 0 and result["best_epoch"] in (1, 2)
 
@@ -139,3 +142,16 @@ def test_a_backbone_spelled_another_way_is_the_same_backbone():
     assert resume_changes({"train.backbone": "mobilenet_v3_large"}, cfg, {"train.backbone"}) == []
     with pytest.raises(Exception, match="--backbone tu-mobilenetv3_large_100: cannot change when resuming"):
         resume_changes({"train.backbone": "resnet18"}, cfg, {"train.backbone"})
+
+
+def test_a_run_of_the_old_squashed_format_is_refused_in_one_line(finished_run, tmp_path, cli):
+    _data, run_dir = finished_run
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    last = torch.load(run / "last.pt", weights_only=True)
+    last["meta"]["format_version"] = 1  # as lunar 0.1 wrote it: image_size, no frame_size
+    last["meta"]["image_size"] = [256, 256]
+    del last["meta"]["frame_size"]
+    torch.save(last, run / "last.pt")
+    result = cli("train", "--resume", run)
+    assert result.code == 1 and result.err.count("\n") == 1
+    assert "frames squashed to a square" in result.err and "start a new run" in result.err

@@ -68,13 +68,33 @@ def test_run_names_increment_and_exist_ok(data_dir, tmp_path):
     assert Path(third["run_dir"]).name == "custom"
 
 
-def test_resume_ends_with_the_same_history(data_dir, tmp_path):
+def test_resume_ends_with_the_same_history(data_dir, tmp_path, monkeypatch):
+    import lunar_cli.train as engine
+
     full = train(config(data_dir, tmp_path, seed=3, epochs=3, name="full"), progress=False)
-    part = train(config(data_dir, tmp_path, seed=3, epochs=1, name="part"), progress=False)
+    real, calls = engine.train_one_epoch, {"n": 0}
+
+    def stop_in_epoch_2(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "train_one_epoch", stop_in_epoch_2)
+    with pytest.raises(LunarError, match="interrupted in epoch 2"):
+        train(config(data_dir, tmp_path, seed=3, epochs=3, name="part"), progress=False)
+    monkeypatch.setattr(engine, "train_one_epoch", real)
+    run_dir = tmp_path / "train" / "part"
+    resumed = train(load_train_config(None, {}, run_dir)[0], resume=run_dir, progress=False)
+    assert resumed["run_dir"] == str(run_dir)
+    assert history(Path(full["run_dir"])) == history(run_dir)
+
+
+def test_more_epochs_on_resume_extend_a_run(data_dir, tmp_path):
+    part = train(config(data_dir, tmp_path, epochs=1, name="short"), progress=False)
     run_dir = Path(part["run_dir"])
-    resumed = train(load_train_config(None, {"train.epochs": 3}, run_dir)[0], resume=run_dir, progress=False)
-    assert resumed["run_dir"] == part["run_dir"]
-    assert history(Path(full["run_dir"])) == history(Path(part["run_dir"]))
+    resumed = train(load_train_config(None, {"train.epochs": 2}, run_dir)[0], resume=run_dir, progress=False)
+    assert [int(r["epoch"]) for r in history(run_dir)] == [1, 2] and resumed["epochs_run"] == 2
 
 
 def test_ctrl_c_keeps_last_checkpoint_and_says_how_to_resume(data_dir, tmp_path, monkeypatch):

@@ -40,6 +40,7 @@ MaskSource = _choices("MaskSource", options.MaskSource)
 Loss = _choices("Loss", options.Loss)
 Optim = _choices("Optim", options.Optimizer)
 Schedule = _choices("Schedule", options.Schedule)
+Recipe = _choices("Recipe", options.Recipe)
 SplitName = _choices("SplitName", options.SplitName)
 OutputFormat = _choices("OutputFormat", options.OutputFormat)
 
@@ -65,7 +66,8 @@ DeviceOpt = Annotated[
     Optional[str], typer.Option("--device", help=f"auto | cpu | cuda | cuda:N | mps. {default_of('device')}")
 ]
 ImageSizeOpt = Annotated[
-    Optional[int], typer.Option("--image-size", help=f"Square size, multiple of 32. {default_of('data.image_size')}")
+    Optional[int],
+    typer.Option("--image-size", help="Squash frames to this square size, multiple of 32 (the study's 256)."),
 ]
 AmpOpt = Annotated[
     Optional[bool],

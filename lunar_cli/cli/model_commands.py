@@ -19,6 +19,7 @@ from lunar_cli.cli.app import (
     Loss,
     Optim,
     OutputFormat,
+    Recipe,
     RunsDirOpt,
     Schedule,
     SeedOpt,
@@ -43,6 +44,13 @@ def train(
     ] = None,
     epochs: Annotated[Optional[int], typer.Option(help=f"Epochs. {default_of('train.epochs')}")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=f"Images per step. {default_of('train.batch_size')}")] = None,
+    recipe: Annotated[Optional[Recipe], typer.Option(help=f"Training recipe. {default_of('train.recipe')}")] = None,
+    scale: Annotated[
+        Optional[float], typer.Option(help=f"Feed frames at this share of their own size. {default_of('data.scale')}")
+    ] = None,
+    crop_size: Annotated[
+        Optional[int], typer.Option(help=f"Training crop side, multiple of 32. {default_of('data.crop_size')}")
+    ] = None,
     image_size: ImageSizeOpt = None,
     limit: LimitOpt = None,
     patience: Annotated[Optional[int], typer.Option(help="Stop after N epochs without a better val mIoU.")] = None,
@@ -83,6 +91,9 @@ def train(
         "train.encoder_weights": encoder_weights,
         "train.epochs": epochs,
         "train.batch_size": batch_size,
+        "train.recipe": recipe,
+        "data.scale": scale,
+        "data.crop_size": crop_size,
         "data.image_size": image_size,
         "data.limit": limit,
         "data.workers": workers,
@@ -130,7 +141,7 @@ def evaluate(
 ) -> None:
     """Score a trained model on the test splits with the Jaccard index (IoU)."""
     from lunar_cli.evaluate import evaluate_model
-    from lunar_cli.inference import find_model
+    from lunar_cli.engine import find_model
 
     cfg = load_config(
         config,

@@ -27,8 +27,10 @@ from lunar_cli.console import LunarError
 if TYPE_CHECKING:
     import torch
 
+    from lunar_cli.data.cache import FrameSize
+
 FORMAT = "lunar-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: frame_size (scale or square) replaces the squashed image_size of 1
 # Meta keys every checkpoint must have, and the types they must be.
 _REQUIRED_META = {"backbone": str, "num_classes": int, "model_kwargs": dict, "normalization": dict}
 # Prefixes that torch.compile and DataParallel add to state-dict keys.
@@ -39,7 +41,8 @@ def checkpoint_meta(
     backbone: str,
     *,
     encoder: str | None = None,
-    image_size: int | tuple[int, int] | list[int],
+    frame_size: "FrameSize",
+    crop_size: int | None = None,
     normalization: dict[str, list[float]],
     epoch: int,
     best_metric: tuple[str, float | None] | None = None,
@@ -48,7 +51,9 @@ def checkpoint_meta(
     """Return the ``meta`` dict describing a model, for ``save_checkpoint``.
 
     ``encoder`` defaults to the smp encoder of ``backbone``; ``best_metric`` is
-    (name, value), e.g. ("val_miou", 0.71); ``image_size`` is H or (H, W).
+    (name, value), e.g. ("val_miou", 0.71); ``frame_size`` is how frames were sized in
+    training (a share of their own size, or a square), which is how photos are fed later;
+    ``crop_size`` the training crop (the window for tiled prediction).
     """
     import torch
 
@@ -58,7 +63,6 @@ def checkpoint_meta(
     resolved = smp_encoder_name(backbone)
     if encoder is not None and encoder != resolved:
         raise ValueError(f"encoder {encoder!r} does not match backbone {backbone!r} (which uses {resolved!r})")
-    size = [int(image_size), int(image_size)] if isinstance(image_size, int) else [int(v) for v in image_size]
     metric_name, metric_value = best_metric if best_metric is not None else (None, None)
     return {
         "format": FORMAT,
@@ -68,7 +72,8 @@ def checkpoint_meta(
         "model_kwargs": dict(model_kwargs or {}),
         "num_classes": NUM_CLASSES,
         "classes": [{"index": c.index, "name": c.name, "rgb": list(c.rgb)} for c in CLASSES],
-        "image_size": size,
+        "frame_size": {"scale": float(frame_size.scale), "square": frame_size.square},
+        "crop_size": None if crop_size is None else int(crop_size),
         "normalization": {
             "mean": [float(v) for v in normalization["mean"]],
             "std": [float(v) for v in normalization["std"]],

@@ -1,0 +1,84 @@
+"""Scoring a model on a split the way the labels were drawn: whole frames, full resolution, one confusion matrix.
+
+Used by training's validation and by ``lunar evaluate``, so both report the same number.
+Each frame is run whole at the model's scale (``engine.frame_logits``); its logits are
+upsampled to the mask's own size before the argmax, and one confusion matrix is summed
+over the whole split (never a mean of per-batch scores). Padding around frames of another
+size is IGNORE_INDEX in the masks and counted nowhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import numpy as np
+
+from lunar_cli.classes import NUM_CLASSES
+
+if TYPE_CHECKING:
+    import torch
+
+    from lunar_cli.data.dataset import FrameLoader
+    from lunar_cli.engine import Model
+
+
+@dataclass
+class SplitScore:
+    """What scoring a split gives: the confusion matrix, the mean loss (if asked), and each frame's mIoU."""
+
+    matrix: "torch.Tensor"  # (C, C) int64 on CPU, rows = true class
+    loss: float | None
+    per_image: np.ndarray  # mIoU of each frame in loader order (NaN: no labelled pixel)
+    resolution: str  # what was scored, e.g. "full resolution (480x320 labels), model at scale 1"
+
+
+def _same_size_groups(
+    frames: "torch.Tensor", masks: "torch.Tensor", sizes: np.ndarray
+) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
+    """Yield (frames, masks) cut to their own size: the whole batch when every frame fills the canvas."""
+    h, w = frames.shape[1:3]
+    hh, ww = masks.shape[1:3]
+    if (sizes == [h, w, hh, ww]).all():
+        yield frames, masks
+        return
+    for i, (fh, fw, mh, mw) in enumerate(sizes):
+        yield frames[i : i + 1, :fh, :fw], masks[i : i + 1, :mh, :mw]
+
+
+def score_frames(
+    model: "Model", loader: "FrameLoader", *, criterion: Callable | None = None,
+    progress: str | None = None,
+) -> SplitScore:  # fmt: skip
+    """Return the split's confusion matrix at the labels' resolution (and mean loss with ``criterion``).
+
+    ``progress`` is the label of a progress bar (None: quiet).
+    """
+    import torch
+
+    from lunar_cli.console import track
+    from lunar_cli.engine import frame_logits
+    from lunar_cli.metrics import confusion_matrix, image_matrices, mean_iou, predicted_classes
+
+    model.net.eval()
+    matrix = torch.zeros((NUM_CLASSES, NUM_CLASSES), dtype=torch.int64, device=model.device)
+    per_image: list[torch.Tensor] = []
+    total, seen = 0.0, 0
+    for frames, masks, sizes in track(loader, progress or "", total=len(loader), quiet=progress is None):
+        for f, m in _same_size_groups(frames, masks, sizes):
+            logits = frame_logits(model, f, tuple(m.shape[1:]))
+            target = m.long()
+            pred = predicted_classes(logits, dim=1)
+            matrix += confusion_matrix(pred, target)  # also refuses masks with class indices out of range
+            per_image.append(image_matrices(pred, target).cpu())
+            if criterion is not None:
+                total += float(criterion(logits, target)) * len(f)
+                seen += len(f)
+    matrices = torch.cat(per_image) if per_image else torch.zeros((0, NUM_CLASSES, NUM_CLASSES), dtype=torch.int64)
+    canvas = loader.split.full_masks.shape[1:]
+    rule = loader.split.size_rule.describe()
+    return SplitScore(
+        matrix=matrix.cpu(), loss=total / seen if seen else None,
+        per_image=np.array([mean_iou(m) for m in matrices], dtype=np.float64),
+        resolution=f"full resolution ({canvas[1]}x{canvas[0]} labels), model fed at {rule}",
+    )  # fmt: skip
