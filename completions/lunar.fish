@@ -46,6 +46,8 @@ complete -c lunar -n '__fish_seen_subcommand_from eda' -l json -d 'Print the res
 complete -c lunar -n '__fish_seen_subcommand_from eda' -l help -s h -d 'Show help and exit'
 complete -c lunar -n '__fish_seen_subcommand_from train' -l backbone -s b -r -d 'custom | vgg11 | resnet18 | mobilenet_v3_large | any smp encoder'
 complete -c lunar -n '__fish_seen_subcommand_from train' -l encoder-weights -r -d 'imagenet | none | PATH to local encoder weights'
+complete -c lunar -n '__fish_seen_subcommand_from train' -l width -r -d 'Custom U-Net: filters at the top level'
+complete -c lunar -n '__fish_seen_subcommand_from train' -l depth -r -d 'Custom U-Net: poolings, 1-5'
 complete -c lunar -n '__fish_seen_subcommand_from train' -l epochs -r -d 'Epochs'
 complete -c lunar -n '__fish_seen_subcommand_from train' -l batch-size -r -d 'Images per step'
 complete -c lunar -n '__fish_seen_subcommand_from train' -l recipe -r -a 'default seed' -d 'Training recipe'

@@ -24,6 +24,8 @@ BASE = ["--epochs", "1", "--image-size", "32", "--batch-size", "4", "--workers",
 CHANGES = {
     "--backbone": (["--backbone", "vgg11"], "refuse"),
     "--encoder-weights": (["--encoder-weights", "none"], "refuse"),
+    "--width": (["--width", "4"], "refuse"),
+    "--depth": (["--depth", "2"], "refuse"),
     "--epochs": (["--epochs", "2"], "apply"),
     "--batch-size": (["--batch-size", "2"], "note"),
     "--image-size": (["--image-size", "64"], "refuse"),

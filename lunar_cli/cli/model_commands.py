@@ -42,6 +42,10 @@ def train(
         Optional[str],
         typer.Option(help=f"imagenet | none | PATH to local encoder weights. {default_of('train.encoder_weights')}"),
     ] = None,
+    width: Annotated[
+        Optional[int], typer.Option(help=f"Custom U-Net: filters at the top level. {default_of('train.width')}")
+    ] = None,
+    depth: Annotated[Optional[int], typer.Option(help=f"Custom U-Net: poolings, 1-5. {default_of('train.depth')}")] = None,
     epochs: Annotated[Optional[int], typer.Option(help=f"Epochs. {default_of('train.epochs')}")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=f"Images per step. {default_of('train.batch_size')}")] = None,
     recipe: Annotated[Optional[Recipe], typer.Option(help=f"Training recipe. {default_of('train.recipe')}")] = None,
@@ -89,6 +93,8 @@ def train(
     flags = {
         "train.backbone": backbone,
         "train.encoder_weights": encoder_weights,
+        "train.width": width,
+        "train.depth": depth,
         "train.epochs": epochs,
         "train.batch_size": batch_size,
         "train.recipe": recipe,
