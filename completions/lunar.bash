@@ -20,7 +20,7 @@ _lunar() {
         --device) return ;;
         --encoder-weights) return ;;
         --epochs) return ;;
-        --format|-f) COMPREPLY=($(compgen -W "rgb index overlay probs" -- "$cur")); return ;;
+        --format|-f) COMPREPLY=($(compgen -W "onnx torchscript" -- "$cur")); return ;;
         --hazard-margin) return ;;
         --height) return ;;
         --image-size) return ;;
@@ -55,14 +55,15 @@ _lunar() {
         --workers) return ;;
     esac
     case "$cmd" in
-        "") COMPREPLY=($(compgen -W "fetch split eda train evaluate predict compare --version -V --debug --help -h" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "fetch split eda train evaluate predict compare export --version -V --debug --help -h" -- "$cur")) ;;
         fetch) COMPREPLY=($(compgen -W "--source -s --data-dir --count --real-count --width --height --force --models --models-dir --checksum --seed --config -c --json --help -h" -- "$cur")) ;;
         split) COMPREPLY=($(compgen -W "--data-dir --train --val --test --mask-source --strict --seed --config -c --json --help -h" -- "$cur")) ;;
         eda) COMPREPLY=($(compgen -W "--data-dir --out -o --sample --mask-source --workers --seed --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         train) COMPREPLY=($(compgen -W "--backbone -b --encoder-weights --width --depth --epochs --batch-size --recipe --scale --crop-size --image-size --limit --patience --loss --class-weights --optimizer --lr --scheduler --name --exist-ok --resume --amp --no-amp --channels-last --no-channels-last --compile --deterministic --workers --seed --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
-        evaluate) COMPREPLY=($(compgen -W "--split --batch-size --limit --workers --device --amp --no-amp --channels-last --no-channels-last --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
-        predict) COMPREPLY=($(compgen -W "--output -o --model -m --format -f --tile --overlap --hazard --hazard-margin --batch-size --strict --device --amp --no-amp --channels-last --no-channels-last --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        evaluate) COMPREPLY=($(compgen -W "--split --batch-size --tta --limit --workers --device --amp --no-amp --channels-last --no-channels-last --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        predict) COMPREPLY=($(compgen -W "--output -o --model -m --format -f --tile --overlap --hazard --hazard-margin --uncertainty --tta --batch-size --strict --device --amp --no-amp --channels-last --no-channels-last --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         compare) COMPREPLY=($(compgen -W "--out -o --images --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        export) COMPREPLY=($(compgen -W "--output -o --format -f --config -c --json --help -h" -- "$cur")) ;;
     esac
 }
 complete -o default -F _lunar lunar

@@ -25,6 +25,7 @@ MaskSource = Literal["clean", "ground"]
 Optimizer = Literal["auto", "adam", "adamw", "sgd"]
 Schedule = Literal["none", "cosine", "poly", "step", "plateau"]
 Recipe = Literal["default", "seed"]
+ExportFormat = Literal["onnx", "torchscript"]
 Loss = Literal["ce", "dice", "focal", "ce+dice"]
 SplitName = Literal["train", "val", "test", "test_real"]
 OutputFormat = Literal["rgb", "index", "overlay", "probs"]
@@ -130,6 +131,7 @@ class EvaluateConfig:
     """Scoring a trained model (``lunar evaluate``)."""
 
     splits: List[SplitName] = field(default_factory=lambda: ["test", "test_real"])  # splits to score, each on its own
+    tta: bool = False  # also score with flip test-time augmentation and report its effect per class
     batch_size: int = 8  # images per forward pass
     grid: int = 3  # best and worst predictions shown per split
 
@@ -143,8 +145,17 @@ class PredictConfig:
     tile_overlap: float = 0.25  # overlap between tiles, as a share of the tile size
     hazard: bool = False  # also write a hazard/safe-ground map and the largest safe region
     hazard_margin: int = 15  # pixels of clearance around rocks in the hazard map
+    uncertainty: bool = False  # also write a per-pixel uncertainty map; records get its mean and out_of_distribution
+    tta: bool = False  # test-time augmentation: average the probabilities of the photo and its mirror image
     batch_size: int = 8  # images (or tiles) per forward pass
     strict: bool = False  # stop at the first image that fails instead of skipping it
+
+
+@dataclass
+class ExportConfig:
+    """Writing a model for deployment (``lunar export``)."""
+
+    format: ExportFormat = "onnx"  # onnx (ONNX Runtime, torch-free lunar predict) or torchscript
 
 
 @dataclass
@@ -172,6 +183,7 @@ class Config:
     eda: EdaConfig = field(default_factory=EdaConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
 
 

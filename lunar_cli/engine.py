@@ -29,14 +29,10 @@ MULTIPLE = 32  # smp U-Nets halve their input 5 times
 DEFAULT_WINDOW = 512  # tile window at the model's scale, for models trained on crops
 
 
-@dataclass
-class Model:
-    """A model ready to run on photos, with what its checkpoint says about its inputs."""
+class Described:
+    """What a model's metadata says about its inputs and outputs (shared by PyTorch and ONNX models)."""
 
-    net: "torch.nn.Module"
     meta: dict
-    device: "torch.device"
-    precision: "Precision"
 
     @property
     def frame_size(self) -> FrameSize:
@@ -53,6 +49,23 @@ class Model:
     def class_names(self) -> list[str]:
         """The class names in index order."""
         return [c["name"] for c in self.meta.get("classes", [])] or list(CLASS_NAMES)
+
+
+@dataclass
+class Model(Described):
+    """A PyTorch model ready to run on photos, with what its checkpoint says about its inputs."""
+
+    net: "torch.nn.Module"
+    meta: dict
+    device: "torch.device"
+    precision: "Precision"
+
+    def logits(self, frames: np.ndarray) -> np.ndarray:
+        """Return float32 logits (N, C, h, w) on the CPU for uint8 RGB frames (N, h, w, 3) at the model's scale."""
+        import torch
+
+        batch = torch.from_numpy(np.ascontiguousarray(frames)).to(self.device)
+        return forward(self, to_input(self, batch)).cpu().numpy()
 
 
 def frame_size_of(meta: dict) -> FrameSize:
@@ -85,6 +98,17 @@ def find_model(model: Path | None, runs_dir: Path, models_dir: Path = Path("mode
     if newest is None:
         raise LunarError(f"no trained model under {runs_dir}/: run lunar train (or pass --model FILE)")
     return newest, True
+
+
+def load_any(path: Path, device: str = "auto", amp: bool | None = None, channels_last: bool | None = None):
+    """Return the model at ``path`` for predict: an ONNX file in ONNX Runtime (torch is never imported), else a checkpoint."""
+    if Path(path).suffix.lower() == ".onnx":
+        from lunar_cli.onnx_model import load_onnx
+
+        return load_onnx(Path(path))
+    from lunar_cli.runtime import select_device
+
+    return load_model(path, select_device(device), amp, channels_last)
 
 
 def load_model(
@@ -127,23 +151,37 @@ def to_input(model: Model, frames: "torch.Tensor") -> "torch.Tensor":
     return x.contiguous(memory_format=fmt)
 
 
+def pad_multiple(meta: dict) -> int:
+    """Return the multiple a model's input sides are padded to: 32 for smp U-Nets, 2**depth for the custom one."""
+    if meta.get("encoder"):
+        return MULTIPLE
+    from lunar_cli.models.registry import CUSTOM_DEFAULTS
+
+    return 2 ** int(meta.get("model_kwargs", {}).get("depth", CUSTOM_DEFAULTS["depth"]))
+
+
+def padding(h: int, w: int, multiple: int) -> tuple[int, int, int, int]:
+    """Return (top, bottom, left, right) padding that centres an h x w frame in the next multiple."""
+    ph, pw = -h % multiple, -w % multiple
+    return ph // 2, ph - ph // 2, pw // 2, pw - pw // 2
+
+
 def forward(model: Model, x: "torch.Tensor") -> "torch.Tensor":
     """Return float32 logits (N, C, h, w) for normalised input (N, 3, h, w) of any size.
 
-    smp U-Nets need sides they can halve five times: their input is padded (edge pixels
-    repeated) to a multiple of 32 and the logits cropped back. The custom U-Net pads
-    itself only as far as its own depth needs, so its frame edges look as in training.
+    The input is centred in the next multiple of the network's ``pad_multiple`` with its
+    edge pixels repeated (as the custom U-Net pads itself), and the logits cropped back;
+    exported models take the same padding, so both give the same answer.
     """
     import torch
     import torch.nn.functional as F
 
     h, w = x.shape[-2:]
-    multiple = MULTIPLE if model.meta.get("encoder") else 1
-    pad_h, pad_w = -h % multiple, -w % multiple
-    if pad_h or pad_w:
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+    top, bottom, left, right = padding(h, w, pad_multiple(model.meta))
+    if top or bottom or left or right:
+        x = F.pad(x, (left, right, top, bottom), mode="replicate")
     with torch.inference_mode(), model.precision.autocast():
-        return model.net(x)[..., :h, :w].float()
+        return model.net(x)[..., top : top + h, left : left + w].float()
 
 
 def frame_logits(model: Model, frames: "torch.Tensor", out_hw: tuple[int, int] | None = None) -> "torch.Tensor":
@@ -153,81 +191,4 @@ def frame_logits(model: Model, frames: "torch.Tensor", out_hw: tuple[int, int] |
     logits = forward(model, to_input(model, frames))
     if out_hw is not None and tuple(logits.shape[-2:]) != tuple(out_hw):
         logits = F.interpolate(logits, size=out_hw, mode="bilinear", align_corners=False)
-    return logits
-
-
-def photo_logits(model: Model, photos: list[np.ndarray]) -> "torch.Tensor":
-    """Return float32 logits (N, C, H, W) at the photos' own size for same-size uint8 RGB photos (H, W, 3).
-
-    Each photo is resized to the model's size (its training scale) as the training cache
-    was, run whole, and its logits upsampled back.
-    """
-    import torch
-
-    from lunar_cli.data.cache import resize_image
-
-    height, width = photos[0].shape[:2]
-    h, w = model.frame_size.of(height, width)
-    batch = torch.from_numpy(np.stack([resize_image(p, h, w) for p in photos])).to(model.device)
-    return frame_logits(model, batch, (height, width))
-
-
-def tile_starts(length: int, window: int, overlap: float) -> list[int]:
-    """Return window offsets covering ``length`` (>= ``window``) with about ``overlap`` shared between neighbours."""
-    stride = max(1, int(round(window * (1.0 - overlap))))
-    starts = list(range(0, length - window + 1, stride))
-    if starts[-1] != length - window:
-        starts.append(length - window)  # the last window ends flush with the edge
-    return starts
-
-
-def blend_window(height: int, width: int) -> np.ndarray:
-    """Return a (height, width) float32 Hann-like weight: 1 in the centre, small but never zero at the edges."""
-
-    def hann(n: int) -> np.ndarray:
-        return np.sin(np.pi * (np.arange(n) + 0.5) / n) ** 2  # half-pixel offset: never exactly 0
-
-    return np.outer(hann(height), hann(width)).astype(np.float32)
-
-
-def tiled_logits(model: Model, photo: np.ndarray, overlap: float, batch_size: int) -> "torch.Tensor":
-    """Return logits (C, H, W) on CPU for a photo of any size, by sliding windows over it.
-
-    The photo is resized to the model's training scale (a model trained on squashed
-    squares sees it at full resolution, in windows of its square), then cut into
-    ``model.window``-sided windows; overlapping windows are blended with ``blend_window``
-    weights, so there are no seams, and the running sums live in one float32 buffer on
-    CPU, so device memory stays at one batch of windows however big the photo. A photo
-    smaller than a window is mirror-padded, then cropped back. The logits are upsampled
-    to the photo's size.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    from lunar_cli.data.cache import resize_image
-
-    height, width = photo.shape[:2]
-    rule = model.frame_size
-    scaled = photo if rule.square is not None else resize_image(photo, *rule.of(height, width))
-    sh, sw = scaled.shape[:2]
-    win = model.window
-    # "symmetric" mirrors like reflect but also works when the photo is 1 px wide.
-    padded = np.pad(scaled, ((0, max(0, win - sh)), (0, max(0, win - sw)), (0, 0)), mode="symmetric")
-    ph, pw = padded.shape[:2]
-    weight = torch.from_numpy(blend_window(win, win))
-    windows = [(y, x) for y in tile_starts(ph, win, overlap) for x in tile_starts(pw, win, overlap)]
-    total: torch.Tensor | None = None
-    norm = torch.zeros(ph, pw)
-    for i in range(0, len(windows), batch_size):
-        chunk = windows[i : i + batch_size]
-        crops = torch.from_numpy(np.stack([padded[y : y + win, x : x + win] for y, x in chunk])).to(model.device)
-        logits = frame_logits(model, crops).cpu()
-        if total is None:
-            total = torch.zeros(logits.shape[1], ph, pw)
-        for (y, x), window_logits in zip(chunk, logits):
-            total[:, y : y + win, x : x + win] += window_logits * weight
-            norm[y : y + win, x : x + win] += weight
-    logits = (total / norm)[:, :sh, :sw]
-    if (sh, sw) != (height, width):
-        logits = F.interpolate(logits[None], size=(height, width), mode="bilinear", align_corners=False)[0]
     return logits

@@ -29,6 +29,7 @@ from lunar_cli.console import LunarError, info, warn
 from lunar_cli.metrics import predicted_classes
 
 if TYPE_CHECKING:
+    import torch
 
     from lunar_cli.data.cache import CachedSplit
     from lunar_cli.engine import Model
@@ -131,7 +132,7 @@ def predicted_frames(model: "Model", split: "CachedSplit", rows: Sequence[int]) 
     """Return (frame at the labels' size, predicted class map) of each cache row, for figures."""
     import torch
 
-    from lunar_cli.data.cache import resize_image
+    from lunar_cli.photos import resize_image
     from lunar_cli.engine import frame_logits
 
     shown = []
@@ -164,33 +165,65 @@ def plot_best_and_worst(
     return plot_prediction_grid(path, grid, title)
 
 
+def score_split(
+    model: "Model", split: "CachedSplit", *, batch_size: int, limit: int | None, tta: bool, grid: int,
+    progress: bool, name: str,
+) -> tuple[dict, "torch.Tensor", np.ndarray, np.ndarray]:  # fmt: skip
+    """Return (the split's result record, confusion matrix, rows scored, each row's mIoU)."""
+    from lunar_cli.data.dataset import FrameLoader
+    from lunar_cli.metrics import summarize
+    from lunar_cli.scoring import score_frames
+
+    start = time.perf_counter()
+    loader = FrameLoader(split, batch_size=batch_size, device=model.device, limit=limit)
+    score = score_frames(model, loader, tta=tta, calibration=True, progress=f"evaluating {name}" if progress else None)
+    rows, seconds = np.asarray(loader.indices), time.perf_counter() - start
+    threshold = model.meta.get("calibration", {}).get("ood_threshold")
+    record = {
+        **summarize(score.matrix, CLASS_NAMES), "resolution": score.resolution, "images": int(len(rows)),
+        "limit": limit, "ece": score.ece, "temperature": model.meta.get("calibration", {}).get("temperature"),
+        "out_of_distribution_share": None if threshold is None else float((score.uncertainty > threshold).mean()),
+        "mean_uncertainty": float(score.uncertainty.mean()) if len(rows) else None,
+        "seconds": seconds, "images_per_second": len(rows) / max(seconds, 1e-9),
+        "worst_images": [{"file": split.files[int(rows[p])], "miou": float(score.per_image[p])}
+                         for p in best_and_worst(score.per_image, grid)[1]],
+        "evaluated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    if tta:
+        with_tta = summarize(score.tta_matrix, CLASS_NAMES)
+        record["tta"] = {**with_tta, "iou_gain": {c: _gain(with_tta["iou"][c], record["iou"][c]) for c in CLASS_NAMES},
+                         "miou_gain": _gain(with_tta["miou"], record["miou"])}  # fmt: skip
+    return record, score.matrix, rows, score.per_image
+
+
+def _gain(after: float | None, before: float | None) -> float | None:
+    return None if after is None or before is None else after - before
+
+
 def evaluate_model(
     target: Path, *, data_dir: Path, splits: Sequence[str] = DEFAULT_SPLITS, batch_size: int = 8,
     device: str = "auto", limit: int | None = None, workers: int | None = None, amp: bool | None = None,
-    channels_last: bool | None = None, grid: int = 3,
-    skip_bad: bool = False, progress: bool = True,
+    channels_last: bool | None = None, tta: bool = False, grid: int = 3, skip_bad: bool = False,
+    progress: bool = True,
 ) -> dict:  # fmt: skip
     """Score a trained model (run folder or checkpoint) on each split; write eval.json and figures; return the numbers.
 
     Returns ``{"model", "backbone", "frame_size", "splits": {name: {"miou", "pixel_accuracy",
-    "iou", "confusion_matrix", "resolution", "images", ...}}, "files"}`` for the splits scored now.
+    "iou", "confusion_matrix", "resolution", "ece", "images", ...}}, "files"}`` for the splits
+    scored now (with ``tta``, each split also has "tta": its scores with flip TTA and the gain).
     A requested split with no images is skipped with a warning (an error if none is left).
     """
     from lunar_cli.data.cache import build_or_load_cache
-    from lunar_cli.data.dataset import FrameLoader
     from lunar_cli.data.split import split_pairs
     from lunar_cli.engine import load_model
     from lunar_cli.files import write_json_atomic
-    from lunar_cli.metrics import summarize
-    from lunar_cli.scoring import score_frames
     from lunar_cli.plots import plot_confusion_matrix
     from lunar_cli.runtime import select_device
 
     data_dir = Path(data_dir)
     checkpoint = resolve_checkpoint(target)
     names = splits_to_score(splits, data_dir)
-    dev = select_device(device)
-    model = load_model(checkpoint, dev, amp, channels_last)
+    model = load_model(checkpoint, select_device(device), amp, channels_last)
     backbone = model.meta["backbone"]
     # "vgg11 run unet3" reads better than "vgg11" alone when runs of one backbone are compared.
     model_name = checkpoint.parent.name if checkpoint.name == "best.pt" else checkpoint.stem
@@ -205,63 +238,43 @@ def evaluate_model(
             split_pairs(data_dir, name), model.frame_size, data_dir / "cache", name=name, workers=workers,
             skip_bad=skip_bad, progress=progress,
         )  # fmt: skip
-        start = time.perf_counter()
-        loader = FrameLoader(split, batch_size=batch_size, device=model.device, limit=limit)
-        score = score_frames(model, loader, progress=f"evaluating {name}" if progress else None)
-        matrix, rows, scores = score.matrix, np.asarray(loader.indices), score.per_image
-        seconds = time.perf_counter() - start
-        summary = summarize(matrix, CLASS_NAMES)
-        results[name] = {
-            **summary,
-            "resolution": score.resolution,
-            "images": int(len(rows)),
-            "limit": limit,
-            "data_dir": str(data_dir.resolve()),
-            "seconds": seconds,
-            "images_per_second": len(rows) / max(seconds, 1e-9),
-            "worst_images": [
-                {"file": split.files[int(rows[p])], "miou": float(scores[p])} for p in best_and_worst(scores, grid)[1]
-            ],
-            "evaluated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-        title = f"{shown} on {SPLIT_TITLES.get(name, name)}: mIoU {_fmt(summary['miou'])} ({score.resolution})"
+        record, matrix, rows, scores = score_split(model, split, batch_size=batch_size, limit=limit, tta=tta, grid=grid,
+                                                   progress=progress, name=name)  # fmt: skip
+        results[name] = {**record, "data_dir": str(data_dir.resolve())}
+        where = f"{shown} on {SPLIT_TITLES.get(name, name)}"
+        title = f"{where}: mIoU {_fmt(record['miou'])} ({record['resolution']})"
         files.append(str(plot_confusion_matrix(
             results_path(checkpoint, f"confusion_{name}.png"), matrix.numpy(), CLASS_NAMES, title
         )))  # fmt: skip
         if grid > 0:
-            figure = plot_best_and_worst(
-                results_path(checkpoint, f"predictions_{name}.png"), model, split, rows, scores, grid,
-                f"{shown} on {SPLIT_TITLES.get(name, name)}: best and worst images by mIoU",
-            )  # fmt: skip
+            figure = plot_best_and_worst(results_path(checkpoint, f"predictions_{name}.png"), model, split, rows,
+                                         scores, grid, f"{where}: best and worst images by mIoU")  # fmt: skip
             if figure is not None:
                 files.append(str(figure))
         if progress:
-            ious = "  ".join(f"{c} {_fmt(v)}" for c, v in summary["iou"].items())
-            info(
-                f"{name}: mIoU {_fmt(summary['miou'])}  pixel accuracy {_fmt(summary['pixel_accuracy'])}  "
-                f"[{ious}]  {len(rows)} images at {score.resolution}, {len(rows) / max(seconds, 1e-9):.1f} img/s"
-            )
+            _say(name, record)
 
     eval_path = results_path(checkpoint, "eval.json")
     saved = read_eval(checkpoint)  # {} when absent or written for another version of the file
-    record = {
-        "model": str(checkpoint),
-        "backbone": backbone,
-        "frame_size": model.frame_size.describe(),
-        "checkpoint": checkpoint_fingerprint(checkpoint),
-        "splits": {**saved.get("splits", {}), **results},
+    common = {"model": str(checkpoint), "backbone": backbone, "frame_size": model.frame_size.describe()}
+    write_json_atomic(eval_path, {
+        **common, "checkpoint": checkpoint_fingerprint(checkpoint), "splits": {**saved.get("splits", {}), **results},
         "files": sorted(set(saved.get("files", [])) | set(files) | {str(eval_path)}),
-    }
-    write_json_atomic(eval_path, record)
+    })  # fmt: skip
     if progress:
         info(f"results -> {eval_path}")
-    return {
-        "model": str(checkpoint),
-        "backbone": backbone,
-        "frame_size": model.frame_size.describe(),
-        "splits": results,
-        "files": [str(eval_path), *files],
-    }
+    return {**common, "splits": results, "files": [str(eval_path), *files]}
+
+
+def _say(name: str, record: dict) -> None:
+    """Log one split's scores in one line (and their change with TTA in a second)."""
+    ious = "  ".join(f"{c} {_fmt(v)}" for c, v in record["iou"].items())
+    info(f"{name}: mIoU {_fmt(record['miou'])}  pixel accuracy {_fmt(record['pixel_accuracy'])}  [{ious}]  "
+         f"ECE {_fmt(record['ece'])}  {record['images']} images at {record['resolution']}, "
+         f"{record['images_per_second']:.1f} img/s")  # fmt: skip
+    if "tta" in record:
+        gains = "  ".join(f"{c} {v:+.3f}" for c, v in record["tta"]["iou_gain"].items() if v is not None)
+        info(f"{name} with --tta: mIoU {_fmt(record['tta']['miou'])} ({record['tta']['miou_gain']:+.3f})  [{gains}]")
 
 
 def _fmt(value: Any) -> str:

@@ -74,9 +74,15 @@ def _evaluate(result: dict) -> None:
     splits = result["splits"]
     rows = [[f"IoU {n}", *[_num(splits[s]["iou"].get(n)) for s in splits]] for n in CLASS_NAMES]
     rows += [["mIoU", *[_num(splits[s]["miou"]) for s in splits]],
-             ["pixel accuracy", *[_num(splits[s]["pixel_accuracy"]) for s in splits]],
+             ["pixel accuracy", *[_num(splits[s]["pixel_accuracy"]) for s in splits]]]
+    if all("tta" in splits[s] for s in splits):
+        rows += [[f"with --tta: IoU {n}", *[_num(splits[s]["tta"]["iou"].get(n)) for s in splits]] for n in CLASS_NAMES]
+        rows += [["with --tta: mIoU", *[_num(splits[s]["tta"]["miou"]) for s in splits]]]
+    rows += [["calibration error (ECE)", *[_num(splits[s].get("ece")) for s in splits]],
+             ["out-of-distribution images", *[_share(splits[s].get("out_of_distribution_share")) for s in splits]],
              ["images", *[splits[s]["images"] for s in splits]]]
-    out.print(_table(f"evaluate {result['model']}", ["metric", *splits], rows))
+    out.print(_table(f"evaluate {result['model']} ({next(iter(splits.values()))['resolution']})", ["metric", *splits],
+                     rows))
     out.print(f"files: {len(result['files'])} written beside the model (eval.json, confusion and prediction figures)")
 
 
@@ -95,13 +101,24 @@ def _predict(result: dict) -> None:
     out.print(f"{len(records)} image(s) done, {result['written']} file(s) written, {len(result['failed'])} failed")
 
 
+def _share(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def _export(result: dict) -> None:
+    out.print(f"{result['model']} -> {result['output']} ({result['format']}, {result['bytes'] / 1e6:.1f} MB)")
+    out.print(f"checked on {result['frames_checked']} rendered scenes: class agrees on "
+              f"{100 * result['class_agreement']:.3f}% of pixels, largest probability difference "
+              f"{result['max_probability_difference']:.2g}")
+
+
 def _compare(result: dict) -> None:
     out.print(result["table"])
     out.print(f"figures: {', '.join(result['files'])}")
 
 
 RENDERERS: dict[str, Callable[[dict], None]] = {"fetch": _fetch, "split": _split, "train": _train, "eda": _eda, "evaluate": _evaluate,
-                                            "predict": _predict, "compare": _compare}
+                                            "predict": _predict, "compare": _compare, "export": _export}
 
 
 def _printable(value: Any) -> Any:

@@ -5,6 +5,11 @@ Each frame is run whole at the model's scale (``engine.frame_logits``); its logi
 upsampled to the mask's own size before the argmax, and one confusion matrix is summed
 over the whole split (never a mean of per-batch scores). Padding around frames of another
 size is IGNORE_INDEX in the masks and counted nowhere.
+
+With ``tta`` each frame is also run mirrored left to right and the two probability maps
+averaged (a second matrix, so the effect shows per class); with ``calibration`` the
+confidence histogram (ECE) and each frame's mean uncertainty are gathered, using the
+model's calibration temperature.
 """
 
 from __future__ import annotations
@@ -25,15 +30,18 @@ if TYPE_CHECKING:
 
 @dataclass
 class SplitScore:
-    """What scoring a split gives: the confusion matrix, the mean loss (if asked), and each frame's mIoU."""
+    """What scoring a split gives: confusion matrices, the mean loss (if asked), per-frame scores."""
 
     matrix: "torch.Tensor"  # (C, C) int64 on CPU, rows = true class
     loss: float | None
     per_image: np.ndarray  # mIoU of each frame in loader order (NaN: no labelled pixel)
-    resolution: str  # what was scored, e.g. "full resolution (480x320 labels), model at scale 1"
+    resolution: str  # what was scored, e.g. "full resolution (480x320 labels), model fed at scale 1"
+    tta_matrix: "torch.Tensor | None" = None  # the same with flip test-time augmentation
+    ece: float | None = None  # expected calibration error of the (temperature-scaled) probabilities
+    uncertainty: np.ndarray | None = None  # each frame's mean normalised entropy
 
 
-def _same_size_groups(
+def same_size_groups(
     frames: "torch.Tensor", masks: "torch.Tensor", sizes: np.ndarray
 ) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
     """Yield (frames, masks) cut to their own size: the whole batch when every frame fills the canvas."""
@@ -47,25 +55,29 @@ def _same_size_groups(
 
 
 def score_frames(
-    model: "Model", loader: "FrameLoader", *, criterion: Callable | None = None,
-    progress: str | None = None,
+    model: "Model", loader: "FrameLoader", *, criterion: Callable | None = None, tta: bool = False,
+    calibration: bool = False, progress: str | None = None,
 ) -> SplitScore:  # fmt: skip
-    """Return the split's confusion matrix at the labels' resolution (and mean loss with ``criterion``).
+    """Return the split's confusion matrix at the labels' resolution (and loss, TTA matrix, ECE when asked).
 
     ``progress`` is the label of a progress bar (None: quiet).
     """
     import torch
 
+    from lunar_cli.calibration import CalibrationBins, mean_uncertainty
     from lunar_cli.console import track
     from lunar_cli.engine import frame_logits
     from lunar_cli.metrics import confusion_matrix, image_matrices, mean_iou, predicted_classes
 
     model.net.eval()
-    matrix = torch.zeros((NUM_CLASSES, NUM_CLASSES), dtype=torch.int64, device=model.device)
+    temperature = float(model.meta.get("calibration", {}).get("temperature") or 1.0)
+    zeros = lambda: torch.zeros((NUM_CLASSES, NUM_CLASSES), dtype=torch.int64, device=model.device)  # noqa: E731
+    matrix, tta_matrix, bins = zeros(), zeros(), CalibrationBins()
     per_image: list[torch.Tensor] = []
+    unsure: list[torch.Tensor] = []
     total, seen = 0.0, 0
     for frames, masks, sizes in track(loader, progress or "", total=len(loader), quiet=progress is None):
-        for f, m in _same_size_groups(frames, masks, sizes):
+        for f, m in same_size_groups(frames, masks, sizes):
             logits = frame_logits(model, f, tuple(m.shape[1:]))
             target = m.long()
             pred = predicted_classes(logits, dim=1)
@@ -74,11 +86,21 @@ def score_frames(
             if criterion is not None:
                 total += float(criterion(logits, target)) * len(f)
                 seen += len(f)
+            if tta or calibration:
+                probs = (logits / temperature).softmax(dim=1)
+            if tta:
+                mirrored = frame_logits(model, f.flip(2), tuple(m.shape[1:])).flip(3)
+                probs = (probs + (mirrored / temperature).softmax(dim=1)) / 2
+                tta_matrix += confusion_matrix(predicted_classes(probs, dim=1), target)
+            if calibration:
+                bins.update(probs, target)
+                unsure.append(mean_uncertainty(probs).float().cpu())
     matrices = torch.cat(per_image) if per_image else torch.zeros((0, NUM_CLASSES, NUM_CLASSES), dtype=torch.int64)
     canvas = loader.split.full_masks.shape[1:]
-    rule = loader.split.size_rule.describe()
     return SplitScore(
         matrix=matrix.cpu(), loss=total / seen if seen else None,
         per_image=np.array([mean_iou(m) for m in matrices], dtype=np.float64),
-        resolution=f"full resolution ({canvas[1]}x{canvas[0]} labels), model fed at {rule}",
+        resolution=f"full resolution ({canvas[1]}x{canvas[0]} labels), model fed at {loader.split.size_rule.describe()}",
+        tta_matrix=tta_matrix.cpu() if tta else None, ece=bins.ece() if calibration else None,
+        uncertainty=torch.cat(unsure).numpy() if calibration and unsure else None,
     )  # fmt: skip

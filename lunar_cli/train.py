@@ -11,8 +11,6 @@ files and logs.
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import math
 import os
 import time
@@ -32,12 +30,6 @@ if TYPE_CHECKING:
     from lunar_cli.data.loaders import Loaders
     from lunar_cli.runtime import Precision
     from lunar_cli.train_log import EpochProgress
-
-HISTORY_FIELDS = [
-    "epoch", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy",
-    *[f"iou_{name}" for name in CLASS_NAMES], "lr", "epoch_seconds", "images_per_second",
-]  # fmt: skip
-
 
 @dataclass
 class TrainState:
@@ -102,7 +94,12 @@ def build_run(cfg: Config, dist: Dist, device: "torch.device", run_dir: Path, fr
     import torch
 
     from lunar_cli.data.loaders import crop_side, frame_size, make_loaders
-    from lunar_cli.models.registry import build_model, friendly_name, normalization, smp_encoder_name
+    from lunar_cli.models.registry import (
+        build_model,
+        friendly_name,
+        normalization,
+        smp_encoder_name,
+    )
     from lunar_cli.recipe import make_criterion, make_optimizer, make_scheduler
     from lunar_cli.runtime import choose_precision
 
@@ -269,6 +266,7 @@ def _saved_config(cfg: Config) -> dict:
 def end_epoch(run: Run, state: TrainState, row: dict, bar: "EpochProgress") -> None:
     """Record a finished epoch: best-so-far, best.pt when it improved, last.pt, history.csv, the log line."""
     from lunar_cli.models.checkpoint import save_checkpoint
+    from lunar_cli.train_log import write_history
 
     state.epoch = row["epoch"]
     state.history.append(row)
@@ -283,26 +281,32 @@ def end_epoch(run: Run, state: TrainState, row: dict, bar: "EpochProgress") -> N
             save_checkpoint(run.run_dir / "best.pt", model_state=run.model.state_dict(),
                             meta=_checkpoint_meta(run, state))  # fmt: skip
         save_last(run, state)
-        _write_history(run.run_dir / "history.csv", state.history)
+        write_history(run.run_dir / "history.csv", state.history)
         bar.log(row)
 
 
-def _write_history(path: Path, history: list[dict]) -> None:
-    from lunar_cli.files import write_text_atomic
+def calibrate_best(run: Run) -> dict | None:
+    """Calibrate best.pt on the val split (temperature, ECE, out-of-distribution threshold) and store it in its meta."""
+    from lunar_cli.calibration import calibrate
+    from lunar_cli.engine import load_model
+    from lunar_cli.models.checkpoint import load_checkpoint, save_checkpoint
 
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    for row in history:
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in HISTORY_FIELDS})
-    write_text_atomic(path, buffer.getvalue())
+    path = run.run_dir / "best.pt"
+    if not path.is_file():
+        return None
+    model = load_model(path, run.device, run.cfg.amp, run.cfg.channels_last)
+    result = calibrate(model, run.loaders.val)
+    ckpt = load_checkpoint(path)
+    save_checkpoint(path, model_state=ckpt["model"], meta={**ckpt["meta"], "calibration": result})
+    return result
 
 
 def finish(run: Run, state: TrainState, stopped_early: bool) -> dict:
-    """Write curves.png and metrics.json (rank 0); return the run's summary."""
+    """Calibrate best.pt, write curves.png and metrics.json (rank 0); return the run's summary."""
     from lunar_cli.files import write_json_atomic
 
     run_dir, history = run.run_dir, state.history
+    calibration = calibrate_best(run) if run.dist.is_main else None
     result = {
         "run_dir": str(run_dir), "backbone": run.backbone, "encoder": run.meta["encoder"],
         "parameters": sum(p.numel() for p in run.model.parameters()), "device": str(run.device),
@@ -310,6 +314,7 @@ def finish(run: Run, state: TrainState, stopped_early: bool) -> dict:
         "best_epoch": state.best_epoch, "best_val_miou": state.best_miou if state.best_miou >= 0 else None,
         "best": next((r for r in history if r["epoch"] == state.best_epoch), None),
         "last": history[-1] if history else None, "train_seconds": sum(r["epoch_seconds"] for r in history),
+        "calibration": calibration,
         "files": {n: str(run_dir / n) for n in ("best.pt", "last.pt", "history.csv", "curves.png", "metrics.json")},
     }  # fmt: skip
     if run.dist.is_main:
@@ -330,20 +335,6 @@ def _write_config(run: Run) -> None:
     write_text_atomic(run.run_dir / "config.yaml", text)
 
 
-def _say_start(run: Run, resumed_at: int | None) -> None:
-    t = run.cfg.train
-    if resumed_at is not None:
-        info(f"resuming {run.run_dir} at epoch {resumed_at + 1}/{t.epochs}")
-    n_params = sum(p.numel() for p in run.model.parameters())
-    procs = f" x{run.dist.world_size} processes" if run.dist.enabled else ""
-    info(
-        f"training {run.backbone} ({n_params / 1e6:.2f}M parameters) on {run.precision.label}{procs}: "
-        f"{len(run.loaders.train.indices)} train frames ({run.loaders.train.split.size_rule.describe()}, "
-        f"{run.loaders.train.crop}px crops) / {len(run.loaders.val.indices)} val frames (whole, scored at full "
-        f"resolution), {t.epochs} epochs -> {run.run_dir}"
-    )
-
-
 def train(
     cfg: Config, *, resume: Path | None = None, changes: list[tuple[str, str]] = (), progress: bool = True
 ) -> dict:
@@ -357,7 +348,7 @@ def train(
     from lunar_cli.resume import read_resume_checkpoint, resolve_resume, say_changes
     from lunar_cli.rundir import lock_run_dir
     from lunar_cli.runtime import setup_distributed, teardown_distributed
-    from lunar_cli.train_log import EpochProgress
+    from lunar_cli.train_log import EpochProgress, say_start
 
     last = resolve_resume(resume) if resume is not None else None
     ckpt = read_resume_checkpoint(last) if last is not None else None
@@ -374,7 +365,7 @@ def train(
         state = restore(run, ckpt) if ckpt is not None else TrainState()
         talk = progress and dist.is_main
         if talk:
-            _say_start(run, state.epoch if ckpt is not None else None)
+            say_start(run, state.epoch if ckpt is not None else None)
         if dist.is_main and ckpt is None:
             _write_config(run)
             save_last(run, state)  # an interrupted first epoch can still be resumed

@@ -1,13 +1,52 @@
-"""What a training run says while it runs: a live bar per epoch on a terminal, one log line per epoch."""
+"""What a training run says while it runs: its start line, a live bar per epoch on a terminal, one log line
+and one history.csv row per epoch."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import math
-from typing import Any, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
 
 from lunar_cli.classes import CLASS_NAMES
 from lunar_cli.console import info
+
+if TYPE_CHECKING:
+    from lunar_cli.train import Run
+
+HISTORY_FIELDS = [
+    "epoch", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy",
+    *[f"iou_{name}" for name in CLASS_NAMES], "lr", "epoch_seconds", "images_per_second",
+]  # fmt: skip
+
+
+def say_start(run: Run, resumed_at: int | None) -> None:
+    """Say where the run starts, what it trains on which device and precision, and where it writes."""
+    t = run.cfg.train
+    if resumed_at is not None:
+        info(f"resuming {run.run_dir} at epoch {resumed_at + 1}/{t.epochs}")
+    n_params = sum(p.numel() for p in run.model.parameters())
+    procs = f" x{run.dist.world_size} processes" if run.dist.enabled else ""
+    info(
+        f"training {run.backbone} ({n_params / 1e6:.2f}M parameters) on {run.precision.label}{procs}: "
+        f"{len(run.loaders.train.indices)} train frames ({run.loaders.train.split.size_rule.describe()}, "
+        f"{run.loaders.train.crop}px crops) / {len(run.loaders.val.indices)} val frames (whole, scored at full "
+        f"resolution), {t.epochs} epochs -> {run.run_dir}"
+    )
+
+
+def write_history(path: Path, history: list[dict]) -> None:
+    """Write history.csv atomically: one row per finished epoch, HISTORY_FIELDS columns."""
+    from lunar_cli.files import write_text_atomic
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in HISTORY_FIELDS})
+    write_text_atomic(path, buffer.getvalue())
 
 
 class EpochProgress:
@@ -21,7 +60,13 @@ class EpochProgress:
         self.enabled = enabled
         self._progress = None
         if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
 
             self._progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

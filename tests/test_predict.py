@@ -18,7 +18,8 @@ import pytest
 from lunar_cli.classes import PALETTE, decode_mask, read_image_rgb, write_png_atomic
 from lunar_cli.console import LunarError
 from lunar_cli.hazard import CIRCLE_RGB, HAZARD_RGB, SAFE_RGB, assess_hazard, hazard_and_safe, largest_safe_circle
-from lunar_cli.predict import output_names, run_predict
+from lunar_cli.predict import run_predict
+from lunar_cli.predict_files import output_names
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,9 +66,17 @@ def make_photos(folder: Path, n: int, size=(48, 64), seed: int = 0, name: str = 
 
 
 def predict(inputs, output, model, **kw) -> dict:
+    """Run lunar predict in-process; option keywords (fmt, tile, hazard, ...) go into its PredictConfig."""
+    from dataclasses import fields
+
+    from lunar_cli.config import PredictConfig
+
+    names = {f.name for f in fields(PredictConfig)}
+    options = PredictConfig(**{("format" if k == "fmt" else k): kw.pop(k) for k in list(kw) if k in names | {"fmt"}})
     kw.setdefault("device", "cpu")
     kw.setdefault("progress", False)
-    return run_predict([str(i) for i in inputs], output=output, model=model, runs_dir=output.parent / "runs", **kw)
+    kw.setdefault("runs_dir", output.parent / "runs")
+    return run_predict([str(i) for i in inputs], output=output, model=model, options=options, **kw)
 
 
 def test_one_file_writes_a_palette_mask_at_the_photo_size(model_file, tmp_path):
@@ -291,11 +300,11 @@ def test_default_model_is_the_newest_best_pt_under_runs(tmp_path, capsys):
     new = save_model(runs / "train" / "custom2" / "best.pt", seed=1)
     os.utime(old, (time.time() - 100, time.time() - 100))
     (src,) = make_photos(tmp_path / "in", 1)
-    result = run_predict([str(src)], output=tmp_path / "out", model=None, runs_dir=runs, device="cpu", progress=False)
+    result = predict([src], tmp_path / "out", None, runs_dir=runs)
     assert result["model"] == str(new)
     assert f"using model {new} (newest under {runs}/)" in capsys.readouterr().err.replace("\n", "")
     with pytest.raises(LunarError, match="no trained model"):
-        run_predict([str(src)], output=tmp_path / "out", model=None, runs_dir=tmp_path / "none", device="cpu")
+        predict([src], tmp_path / "out", None, runs_dir=tmp_path / "none")
 
 
 def test_photos_sharing_a_name_get_distinct_outputs(model_file, tmp_path):
@@ -319,9 +328,11 @@ def test_two_processes_share_the_inputs_and_rank0_returns_all_records(model_file
     script.write_text(
         "import json, os, sys\n"
         "from pathlib import Path\n"
+        "from lunar_cli.config import PredictConfig\n"
         "from lunar_cli.predict import run_predict\n"
         f"r = run_predict([{str(tmp_path / 'in')!r}], output=Path({str(tmp_path / 'out')!r}), "
-        f"model=Path({str(model_file)!r}), runs_dir=Path('runs'), device='cpu', progress=False, batch_size=2)\n"
+        f"model=Path({str(model_file)!r}), runs_dir=Path('runs'), device='cpu', progress=False, "
+        "options=PredictConfig(batch_size=2))\n"
         f"Path({str(tmp_path)!r}, 'rank' + os.environ['RANK'] + '.json').write_text(json.dumps(r))\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}

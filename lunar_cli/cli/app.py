@@ -41,6 +41,7 @@ Loss = _choices("Loss", options.Loss)
 Optim = _choices("Optim", options.Optimizer)
 Schedule = _choices("Schedule", options.Schedule)
 Recipe = _choices("Recipe", options.Recipe)
+ExportFormat = _choices("ExportFormat", options.ExportFormat)
 SplitName = _choices("SplitName", options.SplitName)
 OutputFormat = _choices("OutputFormat", options.OutputFormat)
 
@@ -76,6 +77,9 @@ AmpOpt = Annotated[
 ChannelsLastOpt = Annotated[
     Optional[bool],
     typer.Option("--channels-last/--no-channels-last", help="Channels-last memory layout. [default: the faster one]"),
+]
+TtaOpt = Annotated[
+    Optional[bool], typer.Option("--tta", help="Also run each frame mirrored and average the probabilities.")
 ]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only N images per split (quick runs).")]
 WorkersOpt = Annotated[

@@ -15,8 +15,8 @@ from lunar_cli.cli.app import (
     RunsDirOpt,
     SeedOpt,
     WorkersOpt,
-    default_of,
     app,
+    default_of,
     report,
 )
 from lunar_cli.config import load_config

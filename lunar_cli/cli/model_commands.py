@@ -13,6 +13,7 @@ from lunar_cli.cli.app import (
     ConfigOpt,
     DataDirOpt,
     DeviceOpt,
+    ExportFormat,
     ImageSizeOpt,
     JsonOpt,
     LimitOpt,
@@ -24,9 +25,10 @@ from lunar_cli.cli.app import (
     Schedule,
     SeedOpt,
     SplitName,
+    TtaOpt,
     WorkersOpt,
-    default_of,
     app,
+    default_of,
     report,
 )
 from lunar_cli.config import load_config
@@ -135,6 +137,7 @@ def evaluate(
         typer.Option("--split", help="Split to score; repeat for several. [default: test, test_real]"),
     ] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=f"Images per pass. {default_of('evaluate.batch_size')}")] = None,
+    tta: TtaOpt = None,
     limit: LimitOpt = None,
     workers: WorkersOpt = None,
     device: DeviceOpt = None,
@@ -146,14 +149,15 @@ def evaluate(
     json_out: JsonOpt = False,
 ) -> None:
     """Score a trained model on the test splits with the Jaccard index (IoU)."""
-    from lunar_cli.evaluate import evaluate_model
     from lunar_cli.engine import find_model
+    from lunar_cli.evaluate import evaluate_model
 
     cfg = load_config(
         config,
         {
             "evaluate.splits": split_names or None,
             "evaluate.batch_size": batch_size,
+            "evaluate.tta": tta,
             "data.limit": limit,
             "data.workers": workers,
             "device": device,
@@ -166,6 +170,7 @@ def evaluate(
     model_path, _ = find_model(target, cfg.runs_dir)
     result = evaluate_model(
         model_path, data_dir=cfg.data_dir, splits=cfg.evaluate.splits, batch_size=cfg.evaluate.batch_size,
+        tta=cfg.evaluate.tta,
         device=cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, limit=cfg.data.limit,
         workers=cfg.data.workers, grid=cfg.evaluate.grid,
         progress=not json_out,
@@ -182,7 +187,8 @@ def predict(
         Path, typer.Option("--output", "-o", help="Output file (one input) or folder. [default: runs/predict]")
     ] = Path("runs/predict"),
     model: Annotated[
-        Optional[Path], typer.Option("--model", "-m", help="Checkpoint or run folder (default: newest best.pt under runs/).")
+        Optional[Path],
+        typer.Option("--model", "-m", help="Checkpoint, run folder or exported .onnx (default: newest best.pt under runs/)."),
     ] = None,
     fmt: Annotated[
         Optional[OutputFormat], typer.Option("--format", "-f", help=f"What to write. {default_of('predict.format')}")
@@ -193,6 +199,10 @@ def predict(
     hazard_margin: Annotated[
         Optional[int], typer.Option(help=f"Clearance around rocks, pixels. {default_of('predict.hazard_margin')}")
     ] = None,
+    uncertainty: Annotated[
+        Optional[bool], typer.Option("--uncertainty", help="Also write an uncertainty map; flag out-of-distribution photos.")
+    ] = None,
+    tta: TtaOpt = None,
     batch_size: Annotated[Optional[int], typer.Option(help=f"Images per pass. {default_of('predict.batch_size')}")] = None,
     strict: Annotated[Optional[bool], typer.Option("--strict", help="Stop at the first image that fails.")] = None,
     device: DeviceOpt = None,
@@ -213,6 +223,8 @@ def predict(
             "predict.tile_overlap": overlap,
             "predict.hazard": hazard,
             "predict.hazard_margin": hazard_margin,
+            "predict.uncertainty": uncertainty,
+            "predict.tta": tta,
             "predict.batch_size": batch_size,
             "predict.strict": strict,
             "device": device,
@@ -221,11 +233,9 @@ def predict(
             "runs_dir": runs_dir,
         },
     )
-    p = cfg.predict
     result = run_predict(
-        inputs, output=output, model=model, runs_dir=cfg.runs_dir, fmt=p.format, tile=p.tile,
-        tile_overlap=p.tile_overlap, hazard=p.hazard, hazard_margin=p.hazard_margin, batch_size=p.batch_size,
-        device=cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, strict=p.strict, progress=not json_out,
+        inputs, output=output, model=model, runs_dir=cfg.runs_dir, options=cfg.predict, device=cfg.device,
+        amp=cfg.amp, channels_last=cfg.channels_last, progress=not json_out,
     )  # fmt: skip
     report(result, json_out, "predict")
     if result["failed"]:
@@ -257,3 +267,20 @@ def compare(
         n_images=cfg.compare.images, progress=not json_out,
     )  # fmt: skip
     report(result, json_out, "compare")
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="Checkpoint or run folder to export.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write (model.onnx, model.ts).")],
+    fmt: Annotated[
+        Optional[ExportFormat], typer.Option("--format", "-f", help=f"File format. {default_of('export.format')}")
+    ] = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write a model for deployment (ONNX or TorchScript), normalisation and metadata inside; check it against PyTorch."""
+    from lunar_cli.export import export_model
+
+    cfg = load_config(config, {"export.format": fmt})
+    report(export_model(model, output, cfg.export.format), json_out, "export")

@@ -115,16 +115,6 @@ def cache_key(pairs: Sequence[tuple[Path, Path]], size: FrameSize) -> str:
     return hasher.hexdigest()
 
 
-def resize_image(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Return ``img`` at (h, w): area averaging when shrinking (no aliasing), bilinear when enlarging."""
-    import cv2
-
-    if img.shape[:2] == (h, w):
-        return img
-    shrinking = h <= img.shape[0] and w <= img.shape[1]
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-
-
 def _decode_pair(image_path: str, mask_path: str, size: FrameSize) -> tuple:
     """Return (image at the model size, mask at the model size, mask as drawn, off-palette share).
 
@@ -133,6 +123,7 @@ def _decode_pair(image_path: str, mask_path: str, size: FrameSize) -> tuple:
     import cv2
 
     from lunar_cli.classes import read_image_rgb, read_mask
+    from lunar_cli.photos import resize_image
 
     img = read_image_rgb(Path(image_path))
     # Nearest palette colour at full resolution first, then NEAREST resize: a mask is

@@ -36,6 +36,9 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 # Options the custom U-Net takes besides num_classes.
 CUSTOM_OPTIONS = ("in_channels", "base_width", "depth", "dropout")
+# The study's custom U-Net (121,204 parameters: widths 8, 16, 32, 64); checkpoints that do
+# not name its options were trained with these.
+CUSTOM_DEFAULTS = {"base_width": 8, "depth": 3}
 # smp.Unet arguments this module sets itself, so callers may not pass them.
 _SMP_RESERVED = ("encoder_name", "encoder_weights", "classes", "activation", "kwargs")
 # How long the Hugging Face hub gets to answer before this machine counts as offline.

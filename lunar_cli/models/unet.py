@@ -21,10 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lunar_cli.console import LunarError
-
-# The defaults give 121,204 parameters (tests assert it): widths 8, 16, 32, 64.
-DEFAULT_BASE_WIDTH = 8
-DEFAULT_DEPTH = 3
+from lunar_cli.models.registry import CUSTOM_DEFAULTS
 
 
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -58,8 +55,8 @@ class UNet(nn.Module):
         self,
         in_channels: int = 3,
         num_classes: int = 4,
-        base_width: int = DEFAULT_BASE_WIDTH,
-        depth: int = DEFAULT_DEPTH,
+        base_width: int = CUSTOM_DEFAULTS["base_width"],
+        depth: int = CUSTOM_DEFAULTS["depth"],
         dropout: float = 0.2,
     ) -> None:
         super().__init__()
@@ -116,6 +113,10 @@ class UNet(nn.Module):
             x = up(x)
             # After the padding above the sizes already match; cropping keeps the
             # decoder correct for any feature size (the original crop-and-concatenate).
-            skip = center_crop(skips.pop(), x.shape[-2], x.shape[-1])
+            # Only when they differ: a no-op slice would hide the equal sizes from torch.export.
+            skip = skips.pop()
+            if skip.shape[-2:] != x.shape[-2:]:
+                skip = center_crop(skip, x.shape[-2], x.shape[-1])
             x = block(torch.cat([skip, x], dim=1))
-        return center_crop(self.head(x), height, width)
+        logits = self.head(x)
+        return logits if logits.shape[-2:] == (height, width) else center_crop(logits, height, width)

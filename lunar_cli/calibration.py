@@ -1,0 +1,134 @@
+"""Are a model's probabilities honest? Expected calibration error, a fitted temperature, an out-of-distribution threshold.
+
+At the end of training the best model is calibrated on the validation split: a sample of
+pixels gives the expected calibration error (ECE: 15 confidence bins, the gap between
+confidence and accuracy weighted by the pixels in each bin); if a temperature T on the
+logits (fitted by minimising the negative log-likelihood) lowers it, T is kept. The
+out-of-distribution threshold is the 99th percentile of the per-image mean uncertainty
+(normalised entropy) over the validation frames: a photo above it looks unlike anything
+the model was validated on. Both are stored in the checkpoint's meta ("calibration").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lunar_cli.classes import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    import torch
+
+    from lunar_cli.data.dataset import FrameLoader
+    from lunar_cli.engine import Model
+
+BINS = 15
+PIXELS_PER_FRAME = 4096  # sampled on a regular grid: enough for a temperature, cheap to keep
+OOD_QUANTILE = 0.99
+
+
+class CalibrationBins:
+    """Confidence histogram summed over pixels: count, confidence sum and correct count per bin."""
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(BINS)
+        self.confidence = np.zeros(BINS)
+        self.correct = np.zeros(BINS)
+
+    def update(self, probs: "torch.Tensor", target: "torch.Tensor") -> None:
+        """Add (N, C, H, W) probabilities against (N, H, W) labels (IGNORE_INDEX left out)."""
+        import torch
+
+        conf, pred = probs.max(dim=1)
+        keep = target != IGNORE_INDEX
+        conf, hit = conf[keep].float(), (pred[keep] == target[keep]).float()
+        bins = (conf * BINS).long().clamp_(max=BINS - 1)
+        for total, values in ((self.counts, torch.ones_like(conf)), (self.confidence, conf), (self.correct, hit)):
+            total += torch.bincount(bins, weights=values, minlength=BINS).double().cpu().numpy()
+
+    def ece(self) -> float | None:
+        """Return the expected calibration error (None with no pixels)."""
+        n = self.counts.sum()
+        if n == 0:
+            return None
+        gap = np.abs(self.confidence - self.correct)  # both are sums: |sum conf - sum correct| per bin
+        return float(gap.sum() / n)
+
+
+def normalized_entropy(probs: "torch.Tensor") -> "torch.Tensor":
+    """Return the entropy over dim 1 of (N, C, ...) probabilities divided by log C: 0 certain, 1 uniform."""
+    return -(probs * probs.clamp(min=1e-12).log()).sum(dim=1) / math.log(probs.shape[1])
+
+
+def mean_uncertainty(probs: "torch.Tensor") -> "torch.Tensor":
+    """Return each image's mean normalised entropy (N,) of (N, C, H, W) probabilities."""
+    return normalized_entropy(probs).flatten(1).mean(dim=1)
+
+
+def _sample(model: "Model", loader: "FrameLoader") -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
+    """Return (logits (P, C), labels (P,), image number (P,)) for a grid of pixels of every frame, full resolution."""
+    import torch
+
+    from lunar_cli.engine import frame_logits
+    from lunar_cli.scoring import same_size_groups
+
+    logits, labels, owner = [], [], []
+    image = 0
+    for frames, masks, sizes in loader:
+        for f, m in same_size_groups(frames, masks, sizes):
+            full = frame_logits(model, f, tuple(m.shape[1:]))
+            step = max(1, int((m.shape[1] * m.shape[2] / PIXELS_PER_FRAME) ** 0.5))
+            grid_logits = full[:, :, ::step, ::step].permute(0, 2, 3, 1)
+            grid_labels = m[:, ::step, ::step].long()
+            for i in range(len(f)):
+                keep = grid_labels[i] != IGNORE_INDEX
+                logits.append(grid_logits[i][keep].float().cpu())
+                labels.append(grid_labels[i][keep].cpu())
+                owner.append(torch.full((int(keep.sum()),), image))
+                image += 1
+    return torch.cat(logits), torch.cat(labels), torch.cat(owner)
+
+
+def fit_temperature(logits: "torch.Tensor", labels: "torch.Tensor") -> float:
+    """Return the temperature T > 0 that minimises the NLL of softmax(logits / T) on the labels."""
+    import torch
+    import torch.nn.functional as F
+
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.exp().clamp(0.05, 20.0))
+
+
+def _ece(probs: "torch.Tensor", labels: "torch.Tensor") -> float:
+    bins = CalibrationBins()
+    bins.update(probs.T[None, :, :, None], labels[None, :, None])
+    return bins.ece() or 0.0
+
+
+def calibrate(model: "Model", loader: "FrameLoader") -> dict:
+    """Return the model's calibration on ``loader`` (the val split): temperature, ECE before and after, OOD threshold."""
+    import torch
+
+    model.net.eval()
+    logits, labels, owner = _sample(model, loader)
+    before = _ece(logits.softmax(dim=1), labels)
+    fitted = fit_temperature(logits, labels)
+    after = _ece((logits / fitted).softmax(dim=1), labels)
+    temperature = fitted if after < before else 1.0
+    entropy = normalized_entropy((logits / temperature).softmax(dim=1))
+    per_image = torch.zeros(int(owner.max()) + 1).index_add_(0, owner, entropy) / torch.bincount(owner).clamp(min=1)
+    return {
+        "temperature": temperature, "ece_val_before": before, "ece_val": min(before, after),
+        "ood_threshold": float(torch.quantile(per_image, OOD_QUANTILE)), "val_images": int(per_image.numel()),
+        "val_pixels_sampled": int(labels.numel()),
+    }  # fmt: skip
