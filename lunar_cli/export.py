@@ -99,14 +99,18 @@ def _write_torchscript(graph: "torch.nn.Module", meta: dict, multiple: int, tmp:
 
     import torch
 
+    # Quiet: tracer notes about shape checks that hold for every multiple of the padding, and
+    # torch's notice that TorchScript is deprecated (the format is asked for by C++/mobile users).
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer notes about shape checks that hold for every multiple of the padding
+        warnings.simplefilter("ignore")
         traced = torch.jit.trace(graph, torch.zeros((2, 2 * multiple, 3 * multiple, 3), dtype=torch.uint8))
-    torch.jit.save(traced, str(tmp), _extra_files={"lunar.json": json.dumps(meta)})
+        torch.jit.save(traced, str(tmp), _extra_files={"lunar.json": json.dumps(meta)})
 
 
 def _check(model: "Model", out: Path, fmt: str, sample: np.ndarray) -> tuple[float, float]:
     """Return (largest probability difference, share of pixels of the same class) between the file and PyTorch."""
+    import warnings
+
     import torch
 
     from lunar_cli.photos import softmax
@@ -122,7 +126,8 @@ def _check(model: "Model", out: Path, fmt: str, sample: np.ndarray) -> tuple[flo
         h, w = sample.shape[1:3]
         top, bottom, left, right = padding(h, w, pad_multiple(model.meta))
         padded = np.pad(sample, ((0, 0), (top, bottom), (left, right), (0, 0)), mode="edge")
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TorchScript's deprecation notice
             theirs = torch.jit.load(str(out))(torch.from_numpy(padded)).numpy()[:, :, top : top + h, left : left + w]
     p, q = softmax(ours.transpose(1, 0, 2, 3)), softmax(theirs.transpose(1, 0, 2, 3))
     return float(np.abs(p - q).max()), float((p.argmax(0) == q.argmax(0)).mean())
