@@ -106,7 +106,7 @@ def fit_temperature(logits: "torch.Tensor", labels: "torch.Tensor") -> float:
         return loss
 
     opt.step(closure)
-    return float(log_t.exp().clamp(0.05, 20.0))
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
 def _ece(probs: "torch.Tensor", labels: "torch.Tensor") -> float:
@@ -116,19 +116,23 @@ def _ece(probs: "torch.Tensor", labels: "torch.Tensor") -> float:
 
 
 def calibrate(model: "Model", loader: "FrameLoader") -> dict:
-    """Return the model's calibration on ``loader`` (the val split): temperature, ECE before and after, OOD threshold."""
-    import torch
+    """Return the model's calibration on ``loader`` (the val split): temperature, ECE before and after, OOD threshold.
+
+    The temperature is fitted on a grid of pixels of every frame; the ECE after and the
+    per-image uncertainty behind the threshold come from whole frames at full resolution,
+    as ``lunar evaluate`` and ``lunar predict`` compute them.
+    """
+    from lunar_cli.scoring import score_frames
 
     model.net.eval()
-    logits, labels, owner = _sample(model, loader)
+    logits, labels, _owner = _sample(model, loader)
     before = _ece(logits.softmax(dim=1), labels)
     fitted = fit_temperature(logits, labels)
-    after = _ece((logits / fitted).softmax(dim=1), labels)
-    temperature = fitted if after < before else 1.0
-    entropy = normalized_entropy((logits / temperature).softmax(dim=1))
-    per_image = torch.zeros(int(owner.max()) + 1).index_add_(0, owner, entropy) / torch.bincount(owner).clamp(min=1)
+    temperature = fitted if _ece((logits / fitted).softmax(dim=1), labels) < before else 1.0
+    model.meta = {**model.meta, "calibration": {"temperature": temperature}}
+    score = score_frames(model, loader, calibration=True)
     return {
-        "temperature": temperature, "ece_val_before": before, "ece_val": min(before, after),
-        "ood_threshold": float(torch.quantile(per_image, OOD_QUANTILE)), "val_images": int(per_image.numel()),
+        "temperature": temperature, "ece_val_before": before, "ece_val": score.ece,
+        "ood_threshold": float(np.quantile(score.uncertainty, OOD_QUANTILE)), "val_images": len(score.uncertainty),
         "val_pixels_sampled": int(labels.numel()),
     }  # fmt: skip

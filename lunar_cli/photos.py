@@ -8,9 +8,10 @@ calibration temperature for probabilities; the class map is their argmax. With `
 the photo is also run mirrored left to right and the two probability maps are averaged
 (a vertical flip would put the sky below the ground, which no model was trained on).
 
-Uncertainty is the predictive entropy of the (averaged) probabilities, divided by
-log(number of classes) so it runs from 0 (certain) to 1 (all classes equally likely);
-with ``tta`` its spread between the two passes (mutual information) is given too.
+Uncertainty is the predictive entropy of the model's probabilities for the photo as it
+is, divided by log(number of classes) so it runs from 0 (certain) to 1 (all classes
+equally likely) (the out-of-distribution threshold is calibrated on it); with ``tta`` the
+spread between the two passes (their mutual information) is given too.
 """
 
 from __future__ import annotations
@@ -113,8 +114,9 @@ def finish_photo(
     temperature = float(meta.get("calibration", {}).get("temperature") or 1.0)
     each = [softmax(logits, temperature) for logits in full]
     mean = each[0] if len(each) == 1 else sum(each) / len(each)
-    unsure = entropy(mean) if uncertainty else None
-    spread = unsure - sum(entropy(p) for p in each) / len(each) if uncertainty and len(each) > 1 else None
+    # The model's own uncertainty is the plain pass's: the out-of-distribution threshold was set on it.
+    unsure = entropy(each[0]) if uncertainty else None
+    spread = entropy(mean) - sum(entropy(p) for p in each) / len(each) if uncertainty and len(each) > 1 else None
     return PhotoPrediction(class_map(mean), mean if probs else None, unsure, spread)
 
 

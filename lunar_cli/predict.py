@@ -98,9 +98,11 @@ def run_predict(
         for problem in plan["problems"] if dist.is_main else []:
             warn(problem["reason"])
         loaded = load_any(Path(plan["model"]), device, amp, channels_last)
-        if options.uncertainty and dist.is_main and "ood_threshold" not in loaded.meta.get("calibration", {}):
-            warn(f"{plan['model']}: no calibration in this model (trained by an older lunar): "
-                 "out_of_distribution is null in the records")  # fmt: skip
+        if options.uncertainty and "ood_threshold" not in loaded.meta.get("calibration", {}):
+            raise LunarError(
+                f"{plan['model']}: no calibration in this model (trained or exported by an older lunar); "
+                "--uncertainty needs it: train the model again, or leave --uncertainty out"
+            )
         jobs = list(range(len(plan["inputs"])))[dist.rank :: dist.world_size]
         done, failed = _predict_share(loaded, plan, jobs, options, progress=progress and dist.is_main)
         everyone_failed = failed
@@ -167,11 +169,10 @@ def _finish(
         record["hazard"] = hazard_summary
     if pred.uncertainty is not None:
         mean = float(pred.uncertainty.mean())
-        threshold = model.meta.get("calibration", {}).get("ood_threshold")
         record["uncertainty"] = {"mean": round(mean, 6)}
         if pred.spread is not None:
             record["uncertainty"]["tta_spread"] = round(float(pred.spread.mean()), 6)
-        record["out_of_distribution"] = None if threshold is None else bool(mean > threshold)
+        record["out_of_distribution"] = bool(mean > model.meta["calibration"]["ood_threshold"])
     record["seconds"] = round(seconds + time.perf_counter() - start, 4)
     return job, record
 

@@ -111,16 +111,16 @@ def plan_outputs(
             raise LunarError(f"{output}: --format {fmt} is written as {want}; name the output *{want} or give a folder")
         if output.is_dir():
             raise LunarError(f"{output}: is a folder, but one input writes one file here; give a file name or a folder")
-        entry = {"mask": str(output), **{e: str(output.with_name(output.stem + EXTRAS[e])) for e in extras}}
-        plan = [{**dict.fromkeys(EXTRAS), **entry}]
+        plan = [{"mask": str(output),
+                 **{e: str(output.with_name(output.stem + EXTRAS[e])) if e in extras else None for e in EXTRAS}}]  # fmt: skip
         folder = output.parent
     else:
         if output.exists() and not output.is_dir():
             raise LunarError(f"{output}: exists and is a file; give a folder for the masks")
         suffixes = [FORMATS[fmt]] + [EXTRAS[e] for e in extras]
         plan = [
-            {**dict.fromkeys(EXTRAS), "mask": str(output / f"{n}{FORMATS[fmt]}"),
-             **{e: str(output / f"{n}{EXTRAS[e]}") for e in extras}}  # fmt: skip
+            {"mask": str(output / f"{n}{FORMATS[fmt]}"),
+             **{e: str(output / f"{n}{EXTRAS[e]}") if e in extras else None for e in EXTRAS}}  # fmt: skip
             for n in output_names(paths, suffixes)
         ]
         folder = output

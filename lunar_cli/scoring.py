@@ -8,8 +8,8 @@ size is IGNORE_INDEX in the masks and counted nowhere.
 
 With ``tta`` each frame is also run mirrored left to right and the two probability maps
 averaged (a second matrix, so the effect shows per class); with ``calibration`` the
-confidence histogram (ECE) and each frame's mean uncertainty are gathered, using the
-model's calibration temperature.
+confidence histogram (ECE) and each frame's mean uncertainty are gathered from the
+model's own (temperature-scaled) probabilities.
 """
 
 from __future__ import annotations
@@ -88,13 +88,13 @@ def score_frames(
                 seen += len(f)
             if tta or calibration:
                 probs = (logits / temperature).softmax(dim=1)
-            if tta:
-                mirrored = frame_logits(model, f.flip(2), tuple(m.shape[1:])).flip(3)
-                probs = (probs + (mirrored / temperature).softmax(dim=1)) / 2
-                tta_matrix += confusion_matrix(predicted_classes(probs, dim=1), target)
-            if calibration:
+            if calibration:  # of the model's own probabilities, as the threshold and predict use them
                 bins.update(probs, target)
                 unsure.append(mean_uncertainty(probs).float().cpu())
+            if tta:
+                mirrored = frame_logits(model, f.flip(2), tuple(m.shape[1:])).flip(3)
+                averaged = (probs + (mirrored / temperature).softmax(dim=1)) / 2
+                tta_matrix += confusion_matrix(predicted_classes(averaged, dim=1), target)
     matrices = torch.cat(per_image) if per_image else torch.zeros((0, NUM_CLASSES, NUM_CLASSES), dtype=torch.int64)
     canvas = loader.split.full_masks.shape[1:]
     return SplitScore(

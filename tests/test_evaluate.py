@@ -226,3 +226,22 @@ def test_best_and_worst_never_show_an_image_twice():
     assert best_and_worst(scores, 3) == ([1, 4], [3, 0])  # 4 scored images: 2 best + 2 worst
     assert best_and_worst(scores[:2], 3) == ([1], [0])
     assert best_and_worst(np.array([np.nan]), 3) == ([], [])
+
+
+def test_training_calibrates_best_pt_and_evaluate_reports_calibration_and_tta(setup, tmp_path):
+    from lunar_cli.models.checkpoint import load_checkpoint
+
+    data_dir, trained = setup
+    run = fresh_run(trained, tmp_path)
+    calibration = load_checkpoint(run / "best.pt")["meta"]["calibration"]
+    assert calibration["temperature"] > 0 and 0.0 <= calibration["ood_threshold"] <= 1.0
+    assert calibration["ece_val"] <= calibration["ece_val_before"] and calibration["val_images"] > 0
+    result = evaluate_model(run, data_dir=data_dir, splits=["val", "test"], device="cpu", tta=True, grid=0,
+                            progress=False)  # fmt: skip
+    val = result["splits"]["val"]
+    assert 0.0 <= val["ece"] <= 1.0 and val["temperature"] == calibration["temperature"]
+    assert val["out_of_distribution_share"] <= 1 / calibration["val_images"] + 1e-9  # 99th percentile of val
+    tta = val["tta"]
+    assert set(tta["iou_gain"]) == {"ground", "sky", "small_rocks", "large_rocks"}
+    assert tta["miou_gain"] == pytest.approx(tta["miou"] - val["miou"])
+    assert np.array(tta["confusion_matrix"]).sum() == np.array(val["confusion_matrix"]).sum()

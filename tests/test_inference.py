@@ -1,0 +1,233 @@
+"""One engine for every model: logits as the network gives them, pipelined prediction, TTA, uncertainty, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from lunar_cli.classes import read_image_rgb
+from lunar_cli.console import LunarError
+from tests.test_predict import REPO, make_photos, predict, save_model
+
+
+def calibrated(path: Path, temperature: float = 1.0, threshold: float = 0.5) -> Path:
+    """Give a saved checkpoint the calibration training would have stored in it."""
+    from lunar_cli.models.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(path)
+    meta = {**ckpt["meta"], "calibration": {"temperature": temperature, "ood_threshold": threshold}}
+    save_checkpoint(path, model_state=ckpt["model"], meta=meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory) -> Path:
+    """A tiny untrained custom U-Net fed at scale 1 (photos run whole), calibrated."""
+    return calibrated(save_model(tmp_path_factory.mktemp("native") / "best.pt", square=None, base_width=4, depth=2))
+
+
+def test_engine_logits_are_the_networks_own(native):
+    from lunar_cli.engine import frame_logits, load_model
+
+    model = load_model(native, "cpu", amp=False, channels_last=False)
+    frames = torch.from_numpy(np.stack([read_image_rgb(p) for p in make_photos(native.parent / "in", 2, size=(44, 60))]))
+    x = frames.permute(0, 3, 1, 2).float() / 255  # this model's normalisation: mean 0, std 1
+    with torch.inference_mode():
+        direct = model.net(x)  # the custom U-Net pads itself exactly as the engine does
+    assert torch.equal(frame_logits(model, frames), direct)
+    assert np.array_equal(model.logits(frames.numpy()), direct.numpy())
+
+
+def test_smp_frames_of_any_size_are_padded_and_cropped_back(tmp_path):
+    from lunar_cli.data.cache import FrameSize
+    from lunar_cli.engine import frame_logits, load_model
+    from lunar_cli.models.checkpoint import checkpoint_meta, save_checkpoint
+    from lunar_cli.models.registry import build_model, normalization
+
+    net = build_model("resnet18").eval()
+    meta = checkpoint_meta("resnet18", frame_size=FrameSize(), normalization=normalization("resnet18"), epoch=1)
+    save_checkpoint(tmp_path / "r18.pt", model_state=net.state_dict(), meta=meta)
+    model = load_model(tmp_path / "r18.pt", "cpu", amp=False, channels_last=False)
+    frames = torch.randint(0, 256, (1, 50, 70, 3), dtype=torch.uint8)
+    logits = frame_logits(model, frames)
+    assert logits.shape == (1, 4, 50, 70) and torch.isfinite(logits).all()
+    norm = model.meta["normalization"]
+    x = (frames.permute(0, 3, 1, 2).float() / 255 - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(
+        norm["std"]).view(1, 3, 1, 1)  # fmt: skip
+    x = torch.nn.functional.pad(x, (13, 13, 7, 7), mode="replicate")  # 50x70 centred in 64x96
+    with torch.inference_mode():
+        direct = model.net(x)[..., 7:57, 13:83]
+    assert torch.allclose(logits, direct, atol=1e-5)
+
+
+def test_pipelined_prediction_writes_what_a_plain_loop_writes(native, tmp_path):
+    from lunar_cli.engine import load_any
+    from lunar_cli.photos import predict_photos
+    from lunar_cli.predict_files import plan_outputs, write_outputs
+
+    photos = make_photos(tmp_path / "in", 7, size=(48, 64)) + make_photos(tmp_path / "in", 3, size=(40, 56), name="odd")
+    result = predict(photos, tmp_path / "piped", native, batch_size=3, hazard=True, uncertainty=True)
+    assert [r["input"] for r in result["records"]] == [str(p) for p in photos]
+    model = load_any(native, "cpu")
+    plan = plan_outputs(photos, tmp_path / "serial", "rgb", ["hazard", "uncertainty"])
+    for photo_path, targets in zip(photos, plan):  # one photo at a time, nothing ahead or behind
+        photo = read_image_rgb(photo_path)
+        (pred,) = predict_photos(model, [photo], uncertainty=True)
+        write_outputs(targets, "rgb", photo, pred, model.class_names, 15)
+    for record, targets in zip(result["records"], plan):
+        assert [Path(f).name for f in record["output"]] == [Path(f).name for f in targets.values() if f]
+        for mine, theirs in zip(record["output"], [f for f in targets.values() if f]):
+            assert Path(mine).read_bytes() == Path(theirs).read_bytes(), mine
+
+
+def symmetric_copy(path: Path, tmp_path: Path) -> Path:
+    """Return a checkpoint of the same U-Net with every kernel mirror-symmetric: it commutes with a left-right flip."""
+    from lunar_cli.models.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(path)
+    state = {k: (v + v.flip(-1)) / 2 if v.ndim == 4 else v for k, v in ckpt["model"].items()}
+    save_checkpoint(tmp_path / "mirror.pt", model_state=state, meta=ckpt["meta"])
+    return tmp_path / "mirror.pt"
+
+
+def test_tta_changes_nothing_for_a_flip_symmetric_model_and_something_otherwise(native, tmp_path):
+    from lunar_cli.engine import load_any
+    from lunar_cli.photos import predict_photos
+
+    photo = read_image_rgb(make_photos(tmp_path / "in", 1, size=(48, 64), seed=3)[0])
+    mirror = load_any(symmetric_copy(native, tmp_path), "cpu", amp=False)
+    plain, tta = (predict_photos(mirror, [photo], tta=t, probs=True)[0] for t in (False, True))
+    assert np.allclose(plain.probs, tta.probs, atol=1e-5) and np.array_equal(plain.classes, tta.classes)
+    model = load_any(native, "cpu", amp=False)
+    plain, tta = (predict_photos(model, [photo], tta=t, probs=True)[0] for t in (False, True))
+    assert not np.allclose(plain.probs, tta.probs, atol=1e-3)
+
+
+def constant_model(path: Path, bias: list[float]) -> Path:
+    """A custom U-Net whose every pixel gets the logits ``bias``: certain (one large) or undecided (all equal)."""
+    from lunar_cli.models.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(save_model(path, square=None, base_width=2, depth=1))
+    state = {k: torch.zeros_like(v) if k == "head.weight" else v for k, v in ckpt["model"].items()}
+    state["head.bias"] = torch.tensor(bias)
+    save_checkpoint(path, model_state=state, meta=ckpt["meta"])
+    return calibrated(path, threshold=0.5)
+
+
+def test_uncertainty_is_near_zero_where_the_model_is_certain_and_near_one_where_it_is_not(tmp_path):
+    photos = make_photos(tmp_path / "in", 2)
+    for bias, low, high in (([12.0, 0.0, 0.0, 0.0], 0.0, 0.01), ([0.0, 0.0, 0.0, 0.0], 0.99, 1.0)):
+        model = constant_model(tmp_path / f"m{bias[0]:.0f}.pt", bias)
+        result = predict(photos, tmp_path / f"out{bias[0]:.0f}", model, uncertainty=True, tta=True)
+        for record in result["records"]:
+            assert low <= record["uncertainty"]["mean"] <= high
+            assert record["uncertainty"]["tta_spread"] == pytest.approx(0.0, abs=1e-5)  # the passes agree
+            assert record["out_of_distribution"] is (record["uncertainty"]["mean"] > 0.5)
+            image = cv2.imread(record["output"][1], cv2.IMREAD_UNCHANGED)
+            assert image.shape == (48, 64) and low * 255 - 1 <= image.mean() <= high * 255 + 1
+
+
+@pytest.fixture(scope="module")
+def exported(native, tmp_path_factory) -> tuple[Path, dict]:
+    from lunar_cli.export import export_model
+
+    out = tmp_path_factory.mktemp("export") / "model.onnx"
+    return out, export_model(native, out, "onnx")
+
+
+def test_export_round_trip_agrees_with_pytorch_and_carries_its_metadata(native, exported, tmp_path):
+    out, result = exported
+    assert result["class_agreement"] >= 0.999 and result["max_probability_difference"] < 1e-4
+    from lunar_cli.onnx_model import load_onnx
+
+    model = load_onnx(out)
+    assert model.meta["classes"][2]["name"] == "small_rocks" and model.meta["frame_size"]["scale"] == 1.0
+    assert model.meta["pad_multiple"] == 4 and model.meta["calibration"]["ood_threshold"] == 0.5
+    photos = make_photos(tmp_path / "in", 3, size=(45, 67))
+    with_torch = predict(photos, tmp_path / "torch", native, fmt="index", amp=False)
+    with_onnx = predict(photos, tmp_path / "onnx", out, fmt="index")
+    for a, b in zip(with_torch["records"], with_onnx["records"]):
+        same = cv2.imread(a["output"][0], cv2.IMREAD_UNCHANGED) == cv2.imread(b["output"][0], cv2.IMREAD_UNCHANGED)
+        assert same.mean() >= 0.999
+
+
+def test_torchscript_export_is_checked_too(native, tmp_path):
+    from lunar_cli.export import export_model
+
+    result = export_model(native, tmp_path / "model.ts", "torchscript")
+    assert result["class_agreement"] >= 0.999 and (tmp_path / "model.ts").stat().st_size == result["bytes"]
+
+
+def test_onnx_predict_never_imports_torch(exported, tmp_path):
+    out, _ = exported
+    (photo,) = make_photos(tmp_path / "in", 1)
+    code = (
+        "import sys\n"
+        "from lunar_cli.cli import run\n"
+        f"code = run(['predict', {str(photo)!r}, '-o', {str(tmp_path / 'm.png')!r}, '--model', {str(out)!r}, "
+        "'--uncertainty', '--tta', '--hazard', '--json'])\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "sys.exit(code)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(proc.stdout)["records"][0]
+    assert read_image_rgb(tmp_path / "m.png").shape == (48, 64, 3) and "out_of_distribution" in record
+
+
+def three_classes(tmp_path: Path) -> Path:
+    """Write a 3-class U-Net as lunar export would (its metadata naming 3 classes) to tmp_path/three.onnx."""
+    from lunar_cli.engine import load_model
+    from lunar_cli.export import _graph, _write_onnx, exported_meta
+    from lunar_cli.models.checkpoint import load_checkpoint, save_checkpoint
+    from lunar_cli.models.registry import build_model
+
+    ckpt = load_checkpoint(save_model(tmp_path / "three.pt", square=None, base_width=4, depth=2))
+    net = build_model("custom", num_classes=3, base_width=4, depth=2)
+    meta = {**ckpt["meta"], "num_classes": 3, "classes": ckpt["meta"]["classes"][:3]}
+    save_checkpoint(tmp_path / "three.pt", model_state=net.state_dict(), meta=meta)
+    model = load_model(tmp_path / "three.pt", "cpu", amp=False)
+    _write_onnx(_graph(model), exported_meta(model), 4, tmp_path / "three.onnx")
+    return tmp_path / "three.onnx"
+
+
+def test_bad_models_and_options_are_one_line_errors(native, exported, tmp_path, cli):
+    import onnx
+    from onnx import TensorProto, helper
+
+    out, _ = exported
+    (photo,) = make_photos(tmp_path / "in", 1)
+    (tmp_path / "text.onnx").write_text("not a model")
+    foreign = helper.make_model(helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]))  # fmt: skip
+    onnx.save(foreign, tmp_path / "foreign.onnx")
+    three_classes(tmp_path)
+    cases = [
+        (["--model", tmp_path / "text.onnx"], "not a readable ONNX model"),
+        (["--model", tmp_path / "foreign.onnx"], "without lunar metadata"),
+        (["--model", tmp_path / "three.onnx"], "gives 3 classes but lunar segments 4"),
+        (["--model", native, "--tta", "--tile"], "--tta with --tile"),
+        (["--model", save_model(tmp_path / "plain.pt"), "--uncertainty"], "no calibration in this model"),
+    ]
+    for args, message in cases:
+        result = cli("predict", photo, "-o", tmp_path / "o.png", *args)
+        assert result.code == 1 and result.err.count("\n") == 1 and message in result.err, (args, result.err)
+        assert not (tmp_path / "o.png").exists()
+    for target, message in ((tmp_path / "no" / "m.onnx", "no such folder"), (tmp_path, "is a folder")):
+        result = cli("export", native, "-o", target)
+        assert result.code == 1 and result.err.count("\n") == 1 and message in result.err, result.err
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        result = cli("export", native, "-o", locked / "m.onnx")
+        assert result.code == 1 and "not writable" in result.err and not list(locked.iterdir())
