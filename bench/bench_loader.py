@@ -2,7 +2,7 @@
 
 Compares, on the same files: (a) a naive loader that decodes and resizes the PNGs of
 every item every epoch in a torch DataLoader (what the original study did), and (b) the
-cached BatchLoader (decode once, then uint8 memmap -> batched augmentation). For
+cached CropLoader (decode once, then uint8 memmap -> batched augmentation). For
 context it also times one training step of the custom U-Net and the VGG11 U-Net.
 Prints a table and writes the "Input pipeline" section of bench/RESULTS.md.
 
@@ -137,11 +137,12 @@ def naive_throughput(pairs, size: int, batch_size: int, workers: int, min_second
 
 
 def cached_throughput(split, batch_size: int, min_seconds: float, augment: bool, **kwargs) -> float:
-    """Return images/s of the cached BatchLoader on the CPU."""
+    """Return images/s of the cached CropLoader on the CPU (crops the size of the squashed frames)."""
     from lunar_cli.config import AugmentConfig
-    from lunar_cli.data.dataset import BatchLoader
+    from lunar_cli.data.dataset import CropLoader
 
-    loader = BatchLoader(split, batch_size=batch_size, shuffle=True, augment=AugmentConfig() if augment else None,
+    loader = CropLoader(split, crop=int(split.sizes[0, 0]), batch_size=batch_size, shuffle=True,
+                        augment=AugmentConfig() if augment else None,
                          device="cpu", seed=0, **kwargs)
     epoch = [0]
 
@@ -215,7 +216,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
     args = parser.parse_args()
 
-    from lunar_cli.data.cache import build_or_load_cache
+    from lunar_cli.data.cache import FrameSize, build_or_load_cache
 
     with tempfile.TemporaryDirectory(prefix="lunar-bench-") as tmp:
         tmp_dir = Path(tmp)
@@ -230,16 +231,17 @@ def main() -> None:
         print(f"data: {source}; size {args.size}x{args.size}; batch {args.batch_size}")
 
         start = time.perf_counter()
-        split = build_or_load_cache(pairs, args.size, tmp_dir / "cache", workers=args.workers, progress=False)
+        split = build_or_load_cache(pairs, FrameSize(square=args.size), tmp_dir / "cache", workers=args.workers,
+                                    progress=False)  # fmt: skip
         build_s = time.perf_counter() - start
         rows: list[tuple[str, float]] = []
         naive = naive_throughput(pairs, args.size, args.batch_size, args.workers, args.seconds)
         rows.append((f"naive: decode+resize+augment per item, DataLoader({args.workers} workers)", naive))
         cached = cached_throughput(split, args.batch_size, args.seconds, augment=True)
-        rows.append(("cached BatchLoader + batched augmentation (CPU)", cached))
-        rows.append(("cached BatchLoader, no augmentation (val/test)",
+        rows.append(("cached CropLoader + batched augmentation (CPU)", cached))
+        rows.append(("cached CropLoader, no augmentation (val/test)",
                      cached_throughput(split, args.batch_size, args.seconds, augment=False)))
-        rows.append(("cached BatchLoader + augmentation, with the prefetch thread (default on CUDA only)",
+        rows.append(("cached CropLoader + augmentation, with the prefetch thread (default on CUDA only)",
                      cached_throughput(split, args.batch_size, args.seconds, augment=True, prefetch=True)))
 
     models: list[tuple[str, float, str]] = []

@@ -1,12 +1,16 @@
-"""Time per training step: `lunar train`'s engine against a bare PyTorch loop.
+"""Time per training step: `lunar train`'s engine against a bare PyTorch loop, in fp32 and in bf16.
 
-Same model, same batch size and image size. The bare loop feeds tensors already in
-memory (normalised float, no augmentation); lunar's loop reads the uint8 cache through
-``BatchLoader`` (gather, normalise, flip and colour-jitter on the device) and runs
-``train_one_epoch`` with its loss and bookkeeping. Runs alternate (A B A B ...) so
-machine drift hits both; medians are reported. Target: lunar <= 1.05x bare.
+Same model, layout, precision, batch, crop size, loss (CE + Dice) and optimiser (AdamW) on
+both sides. The bare loop feeds crops already in memory (normalised float, no
+augmentation); lunar's loop reads uint8 480x320 frames through ``CropLoader`` (gather,
+random zoom, crop and flips with grid_sample, colour jitter and the camera-look
+augmentations on the device) and runs ``train_one_epoch`` with its loss, schedule and
+bookkeeping. Precision as ``runtime.choose_precision`` picks it: fp32, or bf16 autocast
+where the CPU runs it natively (channels-last in both). Runs alternate (A B A B ...) so
+machine drift hits both; medians are reported. Targets: lunar <= 1.05x bare in the same
+precision; bf16 vs fp32 (lunar's own step): custom >= 2x, resnet18 >= 1.8x, vgg11 >= 3x.
 
-    python bench/bench_train.py                    # custom and resnet18, 256x256, batch 4
+    python bench/bench_train.py                    # custom, resnet18, vgg11; 256x256 crops
     python bench/bench_train.py --write            # also update bench/RESULTS.md
 """
 
@@ -26,105 +30,113 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from lunar_cli.config import AugmentConfig, TrainConfig
 from lunar_cli.data.cache import CachedSplit
-from lunar_cli.config import AugmentConfig
-from lunar_cli.data.dataset import BatchLoader
+from lunar_cli.data.dataset import CropLoader
 from lunar_cli.models.registry import build_model, normalization
 from lunar_cli.recipe import make_criterion, make_optimizer
+from lunar_cli.runtime import choose_precision, cpu_bf16_support
 from lunar_cli.train import train_one_epoch
-from lunar_cli.config import TrainConfig
+
+CPU = torch.device("cpu")
+KWARGS = {"custom": {"base_width": 16, "depth": 4}}  # the default recipe's custom U-Net
 
 
-def fake_split(n: int, size: int, seed: int) -> CachedSplit:
-    """Return an in-memory split of n random scenes (uint8 images, 4-class masks)."""
+def fake_split(n: int, seed: int) -> CachedSplit:
+    """Return an in-memory split of n random 480x320 frames (uint8 images, 4-class masks)."""
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)
-    masks = rng.integers(0, 4, size=(n, size, size), dtype=np.uint8)
-    return CachedSplit(images=images, masks=masks, files=[f"{i}" for i in range(n)], path=Path(tempfile.gettempdir()),
-                       skipped=[], off_palette=0.0, class_pixels=np.bincount(masks.ravel(), minlength=4).tolist())
+    images = rng.integers(0, 256, size=(n, 320, 480, 3), dtype=np.uint8)
+    masks = rng.integers(0, 4, size=(n, 320, 480), dtype=np.uint8)
+    sizes = np.tile(np.array([[320, 480, 320, 480]], np.int32), (n, 1))
+    return CachedSplit(images=images, masks=masks, full_masks=masks, sizes=sizes, files=[str(i) for i in range(n)],
+                       path=Path(tempfile.gettempdir()), skipped=[], off_palette=0.0,
+                       class_pixels=np.bincount(masks.ravel(), minlength=4).tolist())  # fmt: skip
 
 
-def bare_steps(backbone: str, split: CachedSplit, batch: int, steps: int) -> list[float]:
-    """Return seconds per step of a plain loop over pre-made tensors."""
+def setup(backbone: str, amp: bool):
+    """Return (model in its layout, optimiser, loss, precision), as lunar train builds them."""
     torch.manual_seed(0)
-    model = build_model(backbone)
+    precision = choose_precision(CPU, amp, None)
+    model = build_model(backbone, **KWARGS.get(backbone, {}))
+    if precision.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, TrainConfig(backbone=backbone))
-    norm = normalization(backbone)
-    mean = torch.tensor(norm["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(norm["std"]).view(1, 3, 1, 1)
-    x_all = (torch.from_numpy(split.images[: batch * steps]).permute(0, 3, 1, 2).float() / 255 - mean) / std
-    y_all = torch.from_numpy(split.masks[: batch * steps]).long()
+    return model, opt, make_criterion("ce+dice", None, [1, 1, 1, 1], CPU), precision
+
+
+def bare_steps(backbone: str, amp: bool, crop: int, batch: int, steps: int) -> list[float]:
+    """Return seconds per step of a plain loop over pre-made normalised crops."""
+    model, opt, criterion, precision = setup(backbone, amp)
+    x_all = torch.rand(batch * steps, 3, crop, crop).contiguous(memory_format=torch.channels_last)
+    y_all = torch.randint(0, 4, (batch * steps, crop, crop))
     model.train()
     times = []
     for i in range(steps):
         x, y = x_all[i * batch : (i + 1) * batch], y_all[i * batch : (i + 1) * batch]
         start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(x), y)
-        loss.backward()
+        with precision.autocast():
+            logits = model(x)
+        criterion(logits, y).backward()
         opt.step()
-        loss.item()
         times.append(time.perf_counter() - start)
     return times
 
 
-def lunar_steps(backbone: str, split: CachedSplit, batch: int, steps: int) -> list[float]:
-    """Return seconds per step of lunar's engine (loader + augmentation + train_one_epoch), by epoch time."""
-    torch.manual_seed(0)
-    model = build_model(backbone)
-    cfg = TrainConfig(backbone=backbone)
-    opt = make_optimizer(model, cfg)
+def lunar_steps(backbone: str, amp: bool, split: CachedSplit, crop: int, batch: int, steps: int) -> float:
+    """Return seconds per step of lunar's engine (CropLoader with augmentation + train_one_epoch), by epoch time."""
+    model, opt, criterion, precision = setup(backbone, amp)
     norm = normalization(backbone)
-    loader = BatchLoader(split, batch_size=batch, shuffle=True, augment=AugmentConfig(), mean=norm["mean"],
-                         std=norm["std"], device="cpu", seed=0, limit=batch * steps)  # fmt: skip
-    criterion = make_criterion("ce", None, split.class_pixels, torch.device("cpu"))
-    import contextlib
-
-    times = []
-    for epoch in range(1, 3):  # one short epoch per call would include thread start-up; use step timings
-        loader.set_epoch(epoch)
-        _, seen, seconds = train_one_epoch(model, loader, criterion, opt, None, contextlib.nullcontext, None)
-        times.append(seconds / len(loader))
-    return times
+    loader = CropLoader(split, crop=crop, zoom=(0.75, 1.5), augment=AugmentConfig(), mean=norm["mean"],
+                        std=norm["std"], channels_last=precision.channels_last, batch_size=batch, shuffle=True,
+                        seed=0, limit=batch * steps)  # fmt: skip
+    loader.set_epoch(1)
+    _, _, seconds = train_one_epoch(model, loader, criterion, opt, None, precision.autocast, None)
+    return seconds / len(loader)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbones", default="custom,resnet18")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--backbones", default="custom,resnet18,vgg11")
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
     args = parser.parse_args()
 
-    split = fake_split(args.batch * args.steps, args.size, 0)
-    rows = []
+    split = fake_split(args.batch * args.steps, 0)
+    precisions = [("fp32", False)] + ([("bf16", True)] if cpu_bf16_support() else [])
+    rows, lunar_ms = [], {}
     for backbone in args.backbones.split(","):
-        bare_steps(backbone, split, args.batch, 2)  # warm-up: kernels, allocator, lazy imports
-        lunar_steps(backbone, split, args.batch, 2)
-        bare, ours = [], []
-        for _ in range(args.rounds):
-            bare.append(statistics.median(bare_steps(backbone, split, args.batch, args.steps)[1:]))
-            ours.append(statistics.median(lunar_steps(backbone, split, args.batch, args.steps)))
-        b, o = statistics.median(bare), statistics.median(ours)
-        rows.append((backbone, b, o, o / b))
-        print(f"{backbone:10s} bare {b * 1000:8.1f} ms/step   lunar {o * 1000:8.1f} ms/step   ratio {o / b:.3f}",
-              flush=True)  # fmt: skip
+        for label, amp in precisions:
+            bare_steps(backbone, amp, args.crop, args.batch, 2)  # warm-up: kernels, allocator, lazy imports
+            lunar_steps(backbone, amp, split, args.crop, args.batch, 2)
+            bare, ours = [], []
+            for _ in range(args.rounds):
+                bare.append(statistics.median(bare_steps(backbone, amp, args.crop, args.batch, args.steps)[1:]))
+                ours.append(lunar_steps(backbone, amp, split, args.crop, args.batch, args.steps))
+            b, o = statistics.median(bare), statistics.median(ours)
+            lunar_ms[backbone, label] = o
+            speedup = f"{lunar_ms[backbone, 'fp32'] / o:.2f}x" if label != "fp32" else ""
+            rows.append(f"| {backbone} | {label} | {b * 1000:.0f} | {o * 1000:.0f} | {args.batch / o:.1f} | "
+                        f"**{o / b:.3f}** | {speedup} |")  # fmt: skip
+            print(rows[-1], flush=True)
 
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    machine = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), Python {sys.version.split()[0]}"
+    machine = (f"{cpu}, {os.cpu_count()} cores (native bf16: {cpu_bf16_support() or 'none'}), torch {torch.__version__} "
+               f"({torch.get_num_threads()} threads), Python {sys.version.split()[0]}")  # fmt: skip
     lines = [
-        f"## Training step: lunar vs bare PyTorch loop ({date.today().isoformat()})",
+        f"## Training step: lunar vs bare PyTorch loop, fp32 and bf16 ({date.today().isoformat()})",
         "",
-        f"Machine: {machine}. Image {args.size}x{args.size}, batch {args.batch}, {args.steps} steps x {args.rounds} "
-        "alternating rounds, medians. Command: `python bench/bench_train.py`.",
+        f"Machine: {machine}. Crops {args.crop}x{args.crop} (lunar: from 480x320 frames with zoom, flips, jitter and "
+        f"camera-look augmentation), batch {args.batch}, CE+Dice, AdamW, channels-last; {args.steps} steps x "
+        f"{args.rounds} alternating rounds, medians. Command: `python bench/bench_train.py --write`.",
         "",
-        "| model | bare loop ms/step | lunar ms/step | lunar / bare |",
-        "| --- | ---: | ---: | ---: |",
-        *[f"| {b} | {x * 1000:.1f} | {y * 1000:.1f} | {r:.3f} |" for b, x, y, r in rows],
+        "| model | precision | bare loop ms/step | lunar ms/step | lunar images/s | lunar / bare | bf16 speed-up (lunar) |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        *rows,
         "",
     ]
     print("\n".join(lines))

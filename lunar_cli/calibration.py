@@ -12,6 +12,7 @@ the model was validated on. Both are stored in the checkpoint's meta ("calibrati
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -136,3 +137,14 @@ def calibrate(model: "Model", loader: "FrameLoader") -> dict:
         "ood_threshold": float(np.quantile(score.uncertainty, OOD_QUANTILE)), "val_images": len(score.uncertainty),
         "val_pixels_sampled": int(labels.numel()),
     }  # fmt: skip
+
+
+def calibrate_checkpoint(path: Path, loader: "FrameLoader", device, amp: bool | None, channels_last: bool | None) -> dict:
+    """Calibrate the checkpoint at ``path`` on ``loader`` (the val split), store the result in its meta, return it."""
+    from lunar_cli.engine import load_model
+    from lunar_cli.models.checkpoint import load_checkpoint, save_checkpoint
+
+    result = calibrate(load_model(path, device, amp, channels_last), loader)
+    ckpt = load_checkpoint(path)
+    save_checkpoint(path, model_state=ckpt["model"], meta={**ckpt["meta"], "calibration": result})
+    return result

@@ -29,16 +29,23 @@ TABLE_COLUMNS = [
 
 
 def find_runs(runs: Sequence[Path] | None, runs_dir: Path) -> list[Path]:
-    """Return the run folders to compare: those given (a path or a name under runs/train), or all with a best.pt."""
+    """Return the run folders to compare: those given (a path, a name under runs/train, or builtin), or all with a best.pt.
+
+    With no runs trained yet, the built-in model is compared (as the run folder runs/builtin).
+    """
+    from lunar_cli.engine import said_model
+    from lunar_cli.models.builtin import NAME, builtin_run
+
     train_dir = Path(runs_dir) / "train"
     if not runs:
         found = sorted(p.parent for p in train_dir.glob("*/best.pt")) if train_dir.is_dir() else []
         if not found:
-            raise LunarError(f"no trained runs under {train_dir}: run lunar train")
+            info(said_model(Path(NAME), "builtin", runs_dir) or "")
+            return [builtin_run(runs_dir)]
         return found
     folders = []
     for run in runs:
-        run = Path(run)
+        run = builtin_run(runs_dir) if str(run) == NAME else Path(run)
         if not run.exists() and (train_dir / run).is_dir():
             run = train_dir / run  # a bare run name, as listed under runs/train
         if not (run / "best.pt").is_file():
@@ -198,7 +205,11 @@ def compare_runs(
     """
     from lunar_cli.evaluate import SPLIT_TITLES, manifest_counts
     from lunar_cli.files import write_json_atomic, write_text_atomic
-    from lunar_cli.plots import plot_bar_comparison, plot_compare_curves, plot_side_by_side_predictions
+    from lunar_cli.plots import (
+        plot_bar_comparison,
+        plot_compare_curves,
+        plot_side_by_side_predictions,
+    )
 
     folders = find_runs(runs, runs_dir)
     labels = run_labels(folders)

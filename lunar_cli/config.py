@@ -99,6 +99,7 @@ class TrainConfig:
     recipe: Recipe = "default"  # default: native-scale crops, CE+Dice, AdamW, warm-up + cosine; seed: the study's (RECIPES in config.py)
     backbone: str = "custom"  # custom | vgg11 | resnet18 | mobilenet_v3_large | any smp encoder name
     encoder_weights: str = "imagenet"  # imagenet | none | path to a local encoder weights file (custom: none)
+    init: Union[str, None] = None  # start from a trained model's weights (fine-tuning): a checkpoint, run folder or builtin
     width: int = 16  # custom U-Net: filters at the top level, doubling at each pooling (the study's: 8)
     depth: int = 4  # custom U-Net: poolings, 1 to 5 (the study's: 3)
     epochs: int = 20  # passes over the train split
@@ -262,6 +263,7 @@ ON_RESUME: dict[str, tuple[str, str]] = {
     "train.width": ("refuse", "the architecture is fixed by the checkpoint"),
     "train.depth": ("refuse", "the architecture is fixed by the checkpoint"),
     "train.encoder_weights": ("refuse", "the weights come from the checkpoint"),
+    "train.init": ("refuse", "the weights come from the checkpoint"),
     "train.optimizer": ("refuse", "the optimiser state in last.pt belongs to the run's optimiser"),
     "train.scheduler": ("refuse", "the schedule state in last.pt belongs to the run's schedule"),
     "data.image_size": ("refuse", "it changes the cached training data"),

@@ -76,28 +76,48 @@ def frame_size_of(meta: dict) -> FrameSize:
     return FrameSize(square=int(meta["image_size"][0]))
 
 
-def find_model(model: Path | None, runs_dir: Path, models_dir: Path = Path("models")) -> tuple[Path, bool]:
-    """Return (checkpoint path, whether it was chosen automatically).
+def find_model(
+    model: Path | str | None, runs_dir: Path, models_dir: Path = Path("models"), *, onnx_ok: bool = False
+) -> tuple[Path, str]:
+    """Return (model path, how it was chosen: "given", "newest" or "builtin").
 
-    ``model`` may be a checkpoint file or a run folder (its ``best.pt``). With no
-    ``model``, the newest ``best.pt`` under ``runs_dir`` (then ``models_dir``) is used.
+    ``model`` may be a checkpoint file, a run folder (its ``best.pt``), an exported .onnx
+    or ``builtin``. With no ``model``, the newest ``best.pt`` under ``runs_dir/train``
+    (then ``models_dir``), else the built-in model. ``onnx_ok``: the caller can run the
+    built-in model's ONNX export (predict), which needs no torch.
     """
+    from lunar_cli.models.builtin import NAME, builtin_checkpoint, builtin_onnx
     from lunar_cli.rundir import latest_file
 
+    def builtin() -> tuple[Path, str]:
+        return (onnx if onnx_ok and (onnx := builtin_onnx()) else builtin_checkpoint()), "builtin"
+
     if model is not None:
+        if str(model) == NAME:
+            return builtin()
         model = Path(model)
         if model.is_dir():
             for candidate in (model / "best.pt", model / "weights" / "best.pt", model / "last.pt"):
                 if candidate.is_file():
-                    return candidate, False
+                    return candidate, "given"
             raise LunarError(f"{model}: no best.pt or last.pt in this folder; give a checkpoint file or a run folder")
         if not model.exists():
-            raise LunarError(f"{model}: no such model file; give a checkpoint (.pt) or a run folder")
-        return model, False
-    newest = latest_file(runs_dir, "best.pt") or (latest_file(models_dir, "*.pt") if Path(models_dir).is_dir() else None)
-    if newest is None:
-        raise LunarError(f"no trained model under {runs_dir}/: run lunar train (or pass --model FILE)")
-    return newest, True
+            raise LunarError(f"{model}: no such model file; give a checkpoint (.pt), an .onnx, a run folder or builtin")
+        return model, "given"
+    train_dir, models_dir = Path(runs_dir) / "train", Path(models_dir)
+    newest = (latest_file(train_dir, "best.pt") if train_dir.is_dir() else None) or (
+        latest_file(models_dir, "*.pt") if models_dir.is_dir() else None)  # fmt: skip
+    return (newest, "newest") if newest is not None else builtin()
+
+
+def said_model(path: Path, how: str, runs_dir: Path) -> str | None:
+    """Return the line that says which model a command uses when the user did not name one (None when they did)."""
+    if how == "newest":
+        return f"using model {path} (newest under {Path(runs_dir) / 'train'}/)"
+    if how == "builtin":
+        return ("using the built-in model (trained on synthetic scenes only; see MODEL_CARD.md): "
+                "train your own with lunar train")  # fmt: skip
+    return None
 
 
 def load_any(path: Path, device: str = "auto", amp: bool | None = None, channels_last: bool | None = None):

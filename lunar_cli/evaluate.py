@@ -51,6 +51,20 @@ def resolve_checkpoint(target: Path) -> Path:
     return target
 
 
+def choose_checkpoint(target: Path | str | None, runs_dir: Path, say: bool) -> Path:
+    """Return the checkpoint ``lunar evaluate`` scores (the built-in model's copy under runs_dir/builtin)."""
+    from lunar_cli.engine import find_model, said_model
+    from lunar_cli.models.builtin import builtin_run
+
+    if target is not None and str(target) != "builtin":
+        return resolve_checkpoint(Path(target))
+    path, how = find_model(target, runs_dir)
+    said = said_model(path, how, runs_dir)
+    if said and say:
+        info(said)
+    return builtin_run(runs_dir) / "best.pt" if how == "builtin" else path
+
+
 def results_path(checkpoint: Path, name: str) -> Path:
     """Return where the result file ``name`` (eval.json, confusion_test.png, ...) of ``checkpoint`` goes."""
     checkpoint = Path(checkpoint)
@@ -132,8 +146,8 @@ def predicted_frames(model: "Model", split: "CachedSplit", rows: Sequence[int]) 
     """Return (frame at the labels' size, predicted class map) of each cache row, for figures."""
     import torch
 
-    from lunar_cli.photos import resize_image
     from lunar_cli.engine import frame_logits
+    from lunar_cli.photos import resize_image
 
     shown = []
     for row in rows:
@@ -201,12 +215,16 @@ def _gain(after: float | None, before: float | None) -> float | None:
 
 
 def evaluate_model(
-    target: Path, *, data_dir: Path, splits: Sequence[str] = DEFAULT_SPLITS, batch_size: int = 8,
+    target: Path | str | None, *, data_dir: Path, runs_dir: Path = Path("runs"), splits: Sequence[str] = DEFAULT_SPLITS,
+    batch_size: int = 8,
     device: str = "auto", limit: int | None = None, workers: int | None = None, amp: bool | None = None,
     channels_last: bool | None = None, tta: bool = False, grid: int = 3, skip_bad: bool = False,
     progress: bool = True,
 ) -> dict:  # fmt: skip
-    """Score a trained model (run folder or checkpoint) on each split; write eval.json and figures; return the numbers.
+    """Score a trained model on each split; write eval.json and figures; return the numbers.
+
+    ``target`` is a run folder, a checkpoint, ``builtin`` or None (the newest run under
+    ``runs_dir/train``, else the built-in model, whose results go to ``runs_dir/builtin``).
 
     Returns ``{"model", "backbone", "frame_size", "splits": {name: {"miou", "pixel_accuracy",
     "iou", "confusion_matrix", "resolution", "ece", "images", ...}}, "files"}`` for the splits
@@ -221,7 +239,7 @@ def evaluate_model(
     from lunar_cli.runtime import select_device
 
     data_dir = Path(data_dir)
-    checkpoint = resolve_checkpoint(target)
+    checkpoint = choose_checkpoint(target, runs_dir, progress)
     names = splits_to_score(splits, data_dir)
     model = load_model(checkpoint, select_device(device), amp, channels_last)
     backbone = model.meta["backbone"]

@@ -66,7 +66,7 @@ def _graph(model: "Model") -> "torch.nn.Module":
     return Exported(model.net).eval()
 
 
-def _sample_frames(model: "Model", seed: int = 0) -> np.ndarray:
+def sample_frames(model: "Model", seed: int = 0) -> np.ndarray:
     """Return a few rendered lunar scenes (N, h, w, 3) at the model's scale for a 360x250 photo.
 
     The sides are not multiples of the padding on purpose, so the check covers lunar's padding too.
@@ -107,7 +107,7 @@ def _write_torchscript(graph: "torch.nn.Module", meta: dict, multiple: int, tmp:
         torch.jit.save(traced, str(tmp), _extra_files={"lunar.json": json.dumps(meta)})
 
 
-def _check(model: "Model", out: Path, fmt: str, sample: np.ndarray) -> tuple[float, float]:
+def compare_with_pytorch(model: "Model", out: Path, fmt: str, sample: np.ndarray) -> tuple[float, float]:
     """Return (largest probability difference, share of pixels of the same class) between the file and PyTorch."""
     import warnings
 
@@ -145,7 +145,7 @@ def export_model(source: Path, out: Path, fmt: str = "onnx") -> dict:
     if not out.parent.is_dir():
         raise LunarError(f"{out.parent}: no such folder; create it or choose another -o")
     model = load_model(checkpoint, "cpu", amp=False, channels_last=False)  # fp32, the exported precision
-    meta, sample = exported_meta(model), _sample_frames(model)
+    meta, sample = exported_meta(model), sample_frames(model)
     info(f"exporting {checkpoint} ({model.meta['backbone']}) to {out} ({fmt})")
     try:
         with atomic_path(out) as tmp:
@@ -153,7 +153,7 @@ def export_model(source: Path, out: Path, fmt: str = "onnx") -> dict:
             write(_graph(model), meta, pad_multiple(model.meta), tmp)
     except PermissionError as exc:
         raise LunarError(f"{out.parent}: not writable ({exc.strerror}); choose another -o") from exc
-    diff, agree = _check(model, out, fmt, sample)
+    diff, agree = compare_with_pytorch(model, out, fmt, sample)
     return {"model": str(checkpoint), "output": str(out), "format": fmt, "bytes": out.stat().st_size,
             "frames_checked": len(sample), "max_probability_difference": diff, "class_agreement": agree,
             "metadata": meta}  # fmt: skip

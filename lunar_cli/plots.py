@@ -19,9 +19,16 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from lunar_cli.classes import CLASS_NAMES, CLASSES, NUM_CLASSES, PALETTE, encode_mask, to_rgb_uint8
+from lunar_cli.classes import (
+    CLASS_NAMES,
+    CLASSES,
+    IGNORE_INDEX,
+    NUM_CLASSES,
+    PALETTE,
+    encode_mask,
+    to_rgb_uint8,
+)
 from lunar_cli.console import LunarError
-from lunar_cli.classes import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes

@@ -22,7 +22,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lunar_cli.console import LunarError, info, track, warn
-from lunar_cli.predict_files import collect_inputs, plan_outputs, read_photo, write_outputs
+from lunar_cli.predict_files import (
+    collect_inputs,
+    plan_outputs,
+    read_photo,
+    write_outputs,
+)
 
 if TYPE_CHECKING:
     from lunar_cli.config import PredictConfig
@@ -39,9 +44,9 @@ def _make_plan(inputs, output, model, runs_dir, fmt, extras) -> dict[str, Any]:
             raise LunarError(problems[0]["reason"] + ("" if len(problems) == 1 else f" (and {len(problems) - 1} more)"))
         raise LunarError(f"no images found in {' '.join(inputs)}: give image files, folders or patterns")
     plan = plan_outputs(paths, output, fmt, extras)
-    model_path, auto = find_model(model, runs_dir)
+    model_path, how = find_model(model, runs_dir, onnx_ok=True)
     return {"inputs": [str(p) for p in paths], "targets": plan, "problems": problems,
-            "model": str(model_path), "auto": auto}  # fmt: skip
+            "model": str(model_path), "how": how}  # fmt: skip
 
 
 def _shared_plan(dist, make) -> dict[str, Any]:
@@ -74,25 +79,24 @@ def run_predict(
     the batch with a LunarError (outputs already written stay). Under torchrun rank 0
     returns every rank's records, in input order; other ranks return their own.
     """
-    from lunar_cli.engine import load_any
+    from lunar_cli.engine import load_any, said_model
     from lunar_cli.runtime import Dist, teardown_distributed
 
-    onnx = model is not None and Path(model).suffix.lower() == ".onnx"
     if options.tta and options.tile:
         raise LunarError("--tta with --tile: tiles are already blended from overlapping windows; choose one")
-    if onnx and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise LunarError(f"{model}: an ONNX model runs in one process; run lunar predict without torchrun")
-    if onnx:
-        dist = Dist()
-    else:
+    dist = Dist()  # one process: nothing to set up, and no torch import for an ONNX model
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if Path(str(model)).suffix.lower() == ".onnx":
+            raise LunarError(f"{model}: an ONNX model runs in one process; run lunar predict without torchrun")
         from lunar_cli.runtime import setup_distributed
 
         dist, _ = setup_distributed(device)
     extras = [name for name, on in (("hazard", options.hazard), ("uncertainty", options.uncertainty)) if on]
     try:
         plan = _shared_plan(dist, lambda: _make_plan(inputs, output, model, runs_dir, options.format, extras))
-        if dist.is_main and plan["auto"]:
-            info(f"using model {plan['model']} (newest under {runs_dir}/)")
+        said = said_model(Path(plan["model"]), plan["how"], runs_dir)
+        if dist.is_main and said:
+            info(said)
         if options.strict and plan["problems"]:
             raise LunarError(f"{plan['problems'][0]['reason']} (--strict: nothing predicted)")
         for problem in plan["problems"] if dist.is_main else []:

@@ -37,7 +37,10 @@ def make_criterion(loss: str, class_weights: Any, class_pixels: list[int], devic
 
     if loss == "ce":
         return cross_entropy
-    from segmentation_models_pytorch.losses import DiceLoss, FocalLoss  # ~1 s import, only when asked
+    from segmentation_models_pytorch.losses import (  # ~1 s import, only when asked
+        DiceLoss,
+        FocalLoss,
+    )
 
     dice = DiceLoss(mode="multiclass", from_logits=True, ignore_index=IGNORE_INDEX)
     if loss == "dice":

@@ -67,7 +67,12 @@ def score_frames(
     from lunar_cli.calibration import CalibrationBins, mean_uncertainty
     from lunar_cli.console import track
     from lunar_cli.engine import frame_logits
-    from lunar_cli.metrics import confusion_matrix, image_matrices, mean_iou, predicted_classes
+    from lunar_cli.metrics import (
+        confusion_matrix,
+        image_matrices,
+        mean_iou,
+        predicted_classes,
+    )
 
     model.net.eval()
     temperature = float(model.meta.get("calibration", {}).get("temperature") or 1.0)

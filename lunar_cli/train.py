@@ -94,6 +94,7 @@ def build_run(cfg: Config, dist: Dist, device: "torch.device", run_dir: Path, fr
     import torch
 
     from lunar_cli.data.loaders import crop_side, frame_size, make_loaders
+    from lunar_cli.models.checkpoint import load_initial_weights
     from lunar_cli.models.registry import (
         build_model,
         friendly_name,
@@ -111,10 +112,13 @@ def build_run(cfg: Config, dist: Dist, device: "torch.device", run_dir: Path, fr
         cfg.data_dir, cfg.data, batch_size=t.batch_size, normalization=norm, device=device, seed=cfg.seed,
         dist=dist, channels_last=precision.channels_last, progress=progress,
     )  # fmt: skip
-    # A resumed run's weights come from its checkpoint: never download encoder weights for it.
-    weights = None if not fresh or backbone == "custom" or t.encoder_weights == "none" else t.encoder_weights
+    # A resumed or initialised run's weights come from a checkpoint: never download encoder weights for it.
+    weights = None if not fresh or t.init or backbone == "custom" or t.encoder_weights == "none" else t.encoder_weights
     model_kwargs = {"base_width": t.width, "depth": t.depth} if backbone == "custom" else {}
-    model = build_model(backbone, encoder_weights=weights, **model_kwargs).to(device)
+    model = build_model(backbone, encoder_weights=weights, **model_kwargs)
+    if fresh and t.init:
+        load_initial_weights(model, t.init, backbone, model_kwargs, cfg.runs_dir)
+    model = model.to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, t)
@@ -285,28 +289,20 @@ def end_epoch(run: Run, state: TrainState, row: dict, bar: "EpochProgress") -> N
         bar.log(row)
 
 
-def calibrate_best(run: Run) -> dict | None:
-    """Calibrate best.pt on the val split (temperature, ECE, out-of-distribution threshold) and store it in its meta."""
-    from lunar_cli.calibration import calibrate
-    from lunar_cli.engine import load_model
-    from lunar_cli.models.checkpoint import load_checkpoint, save_checkpoint
-
-    path = run.run_dir / "best.pt"
-    if not path.is_file():
-        return None
-    model = load_model(path, run.device, run.cfg.amp, run.cfg.channels_last)
-    result = calibrate(model, run.loaders.val)
-    ckpt = load_checkpoint(path)
-    save_checkpoint(path, model_state=ckpt["model"], meta={**ckpt["meta"], "calibration": result})
-    return result
-
-
 def finish(run: Run, state: TrainState, stopped_early: bool) -> dict:
     """Calibrate best.pt, write curves.png and metrics.json (rank 0); return the run's summary."""
     from lunar_cli.files import write_json_atomic
 
     run_dir, history = run.run_dir, state.history
-    calibration = calibrate_best(run) if run.dist.is_main else None
+    best = run_dir / "best.pt"
+    calibration = None
+    if run.dist.is_main and best.is_file():
+        from lunar_cli.calibration import calibrate_checkpoint
+
+        calibration = calibrate_checkpoint(best, run.loaders.val, run.device, run.cfg.amp, run.cfg.channels_last)
+        info(f"calibrated best.pt on val: temperature {calibration['temperature']:.3g}, calibration error (ECE) "
+             f"{calibration['ece_val_before']:.4f} -> {calibration['ece_val']:.4f}, out-of-distribution above mean "
+             f"uncertainty {calibration['ood_threshold']:.3f}")  # fmt: skip
     result = {
         "run_dir": str(run_dir), "backbone": run.backbone, "encoder": run.meta["encoder"],
         "parameters": sum(p.numel() for p in run.model.parameters()), "device": str(run.device),

@@ -25,6 +25,7 @@ CHANGES = {
     "--backbone": (["--backbone", "vgg11"], "refuse"),
     "--encoder-weights": (["--encoder-weights", "none"], "refuse"),
     "--width": (["--width", "4"], "refuse"),
+    "--init": (["--init", "builtin"], "refuse"),
     "--depth": (["--depth", "2"], "refuse"),
     "--epochs": (["--epochs", "2"], "apply"),
     "--batch-size": (["--batch-size", "2"], "note"),

@@ -44,6 +44,9 @@ def train(
         Optional[str],
         typer.Option(help=f"imagenet | none | PATH to local encoder weights. {default_of('train.encoder_weights')}"),
     ] = None,
+    init: Annotated[
+        Optional[str], typer.Option(help="Start from a trained model's weights: a checkpoint, run folder or builtin.")
+    ] = None,
     width: Annotated[
         Optional[int], typer.Option(help=f"Custom U-Net: filters at the top level. {default_of('train.width')}")
     ] = None,
@@ -95,6 +98,7 @@ def train(
     flags = {
         "train.backbone": backbone,
         "train.encoder_weights": encoder_weights,
+        "train.init": init,
         "train.width": width,
         "train.depth": depth,
         "train.epochs": epochs,
@@ -149,7 +153,6 @@ def evaluate(
     json_out: JsonOpt = False,
 ) -> None:
     """Score a trained model on the test splits with the Jaccard index (IoU)."""
-    from lunar_cli.engine import find_model
     from lunar_cli.evaluate import evaluate_model
 
     cfg = load_config(
@@ -167,9 +170,8 @@ def evaluate(
             "runs_dir": runs_dir,
         },
     )
-    model_path, _ = find_model(target, cfg.runs_dir)
     result = evaluate_model(
-        model_path, data_dir=cfg.data_dir, splits=cfg.evaluate.splits, batch_size=cfg.evaluate.batch_size,
+        target, runs_dir=cfg.runs_dir, data_dir=cfg.data_dir, splits=cfg.evaluate.splits, batch_size=cfg.evaluate.batch_size,
         tta=cfg.evaluate.tta,
         device=cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, limit=cfg.data.limit,
         workers=cfg.data.workers, grid=cfg.evaluate.grid,

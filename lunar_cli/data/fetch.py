@@ -31,7 +31,13 @@ from lunar_cli.config import KAGGLE_DATASET
 from lunar_cli.console import LunarError, info, warn
 from lunar_cli.data.archive import safe_extract_zip
 from lunar_cli.data.models_fetch import fetch_models
-from lunar_cli.data.remote import call_downloader, download, download_kaggle, download_target, short_reason
+from lunar_cli.data.remote import (
+    call_downloader,
+    download,
+    download_kaggle,
+    download_target,
+    short_reason,
+)
 from lunar_cli.files import write_json_atomic
 
 if TYPE_CHECKING:

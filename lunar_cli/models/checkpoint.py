@@ -257,3 +257,37 @@ def build_from_checkpoint(ckpt: dict[str, Any], name: str = "checkpoint") -> "to
             "keys or wrong shapes); the file is damaged or was edited"
         ) from exc
     return model.eval()
+
+
+def describe_architecture(backbone: str, model_kwargs: dict) -> str:
+    """Return an architecture in words: "custom U-Net (width 16, depth 4)" or the smp backbone's name."""
+    from lunar_cli.models.registry import CUSTOM_DEFAULTS
+
+    if backbone != "custom":
+        return f"{backbone} U-Net"
+    options = {**CUSTOM_DEFAULTS, **model_kwargs}
+    return f"custom U-Net (width {options['base_width']}, depth {options['depth']})"
+
+
+def load_initial_weights(model: "torch.nn.Module", init: str, backbone: str, model_kwargs: dict, runs_dir: Path) -> None:
+    """Load the weights of the trained model ``init`` (a checkpoint, run folder or builtin) into ``model``.
+
+    Refuses, in one line, a model of another architecture.
+    """
+    from lunar_cli.console import info
+    from lunar_cli.engine import find_model
+    from lunar_cli.models.registry import CUSTOM_DEFAULTS
+
+    path, _ = find_model(init, runs_dir)
+    ckpt = load_checkpoint(path)
+    meta = ckpt["meta"]
+    theirs = describe_architecture(meta["backbone"], meta.get("model_kwargs", {}))
+    ours = describe_architecture(backbone, model_kwargs)
+    if theirs != ours:
+        flags = (f"--backbone custom --width {meta['model_kwargs'].get('base_width', CUSTOM_DEFAULTS['base_width'])} "
+                 f"--depth {meta['model_kwargs'].get('depth', CUSTOM_DEFAULTS['depth'])}") if meta["backbone"] == "custom" \
+            else f"--backbone {meta['backbone']}"  # fmt: skip
+        raise LunarError(f"--init {init}: {path} holds a {theirs}, not the {ours} asked for; train with {flags}, "
+                         "or leave --init out")  # fmt: skip
+    model.load_state_dict(ckpt["model"])
+    info(f"starting from the weights of {path} ({theirs})")

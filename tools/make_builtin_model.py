@@ -1,0 +1,147 @@
+"""Make the built-in model that ships in lunar_cli/models/builtin/: generate data, train, check, export, score.
+
+One command reproduces it (on a CPU; pass --device cuda on a GPU, where it is much faster):
+
+    python tools/make_builtin_model.py                 # the shipped model's settings (SETTINGS below)
+    python tools/make_builtin_model.py --epochs 2      # a quick dry run of the whole path
+
+It runs the real CLI: `lunar fetch --source synthetic` (the training set), `lunar split`,
+`lunar train` (the default recipe), then stores the best checkpoint with fp16 weights (half
+the size; lunar loads them back as fp32), exports it to ONNX, generates a *fresh* synthetic
+test set (another seed) and scores the model on it and on its real-like photos at full
+resolution. Everything it did is written to lunar_cli/models/builtin/builtin.json, which
+MODEL_CARD.md quotes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FOLDER = REPO / "lunar_cli" / "models" / "builtin"
+# The shipped model: what it is trained on and how. Change here, rerun, and commit the three files.
+SETTINGS = {
+    "train_data": {"count": 1200, "real_count": 36, "width": 480, "height": 320, "seed": 7},
+    "test_data": {"count": 120, "real_count": 36, "width": 480, "height": 320, "seed": 2027},
+    "train_flags": ["--backbone", "custom", "--width", "16", "--depth", "4", "--epochs", "40", "--batch-size", "8",
+                    "--lr", "0.003", "--seed", "7"],  # fmt: skip
+}
+
+
+def lunar(*args: str, work: Path, device: str) -> dict:
+    """Run ``lunar ARGS --json`` in ``work``; return its JSON result (exit on failure, with its error)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    device_args = ["--device", device] if args[0] in ("train", "evaluate") else []
+    proc = subprocess.run([sys.executable, "-m", "lunar_cli", *args, *device_args, "--json"], cwd=work, env=env,
+                          text=True, capture_output=True)  # fmt: skip
+    if proc.returncode != 0:
+        sys.exit(f"lunar {' '.join(args)} failed:\n{proc.stderr[-3000:]}")
+    sys.stderr.write(proc.stderr)
+    return json.loads(proc.stdout)
+
+
+def fetch(work: Path, name: str, data: dict, device: str) -> Path:
+    """Generate and split a synthetic set under ``work/name``; return its folder."""
+    folder = work / name
+    if not (folder / "manifest.csv").is_file():
+        lunar("fetch", "--source", "synthetic", "--data-dir", str(folder), "--force",
+              *[f"--{k.replace('_', '-')}={v}" for k, v in data.items()], work=work, device=device)  # fmt: skip
+        lunar("split", "--data-dir", str(folder), work=work, device=device)
+    return folder
+
+
+def check_export(checkpoint: Path, onnx_file: Path) -> dict:
+    """Return how the (fp16-stored) ONNX file agrees with the checkpoint, as lunar export measures it."""
+    from lunar_cli.engine import load_model
+    from lunar_cli.export import compare_with_pytorch, sample_frames
+
+    model = load_model(checkpoint, "cpu", amp=False, channels_last=False)
+    diff, agree = compare_with_pytorch(model, onnx_file, "onnx", sample_frames(model))
+    return {"bytes": onnx_file.stat().st_size, "class_agreement": agree, "max_probability_difference": diff}
+
+
+def store_half(best: Path, target: Path) -> None:
+    """Write ``best`` with its floating-point weights in fp16 (lunar loads them back as fp32)."""
+    import torch
+
+    from lunar_cli.models.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(best)
+    half = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
+    save_checkpoint(target, model_state=half, meta={**ckpt["meta"], "weights_stored_as": str(torch.float16)})
+
+
+def store_onnx_half(path: Path) -> None:
+    """Rewrite an ONNX file with its float weights stored as fp16, each cast back to fp32 at load (half the bytes)."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    kept, casts = [], []
+    for init in graph.initializer:
+        array = numpy_helper.to_array(init)
+        if array.dtype != np.float32 or array.size < 64:  # small tensors and shapes stay as they are
+            kept.append(init)
+            continue
+        kept.append(numpy_helper.from_array(array.astype(np.float16), init.name + "_fp16"))
+        casts.append(helper.make_node("Cast", [init.name + "_fp16"], [init.name], to=onnx.TensorProto.FLOAT))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=REPO / "tools" / ".builtin", help="data and runs folder")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--epochs", type=int, help="override the epochs (a dry run)")
+    args = parser.parse_args()
+    from lunar_cli import __version__
+    from lunar_cli.export import export_model
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    flags = SETTINGS["train_flags"] + (["--epochs", str(args.epochs)] if args.epochs else [])
+    train_data = fetch(args.work, "train-data", SETTINGS["train_data"], args.device)
+    trained = lunar("train", *flags, "--data-dir", str(train_data), "--runs-dir", str(args.work / "runs"),
+                    "--name", "builtin", "--exist-ok", work=args.work, device=args.device)  # fmt: skip
+    FOLDER.mkdir(parents=True, exist_ok=True)
+    store_half(Path(trained["run_dir"]) / "best.pt", FOLDER / "builtin.pt")
+    export_model(FOLDER / "builtin.pt", FOLDER / "builtin.onnx", "onnx")
+    store_onnx_half(FOLDER / "builtin.onnx")
+    exported = check_export(FOLDER / "builtin.pt", FOLDER / "builtin.onnx")
+    test_data = fetch(args.work, "test-data", SETTINGS["test_data"], args.device)
+    scored = lunar("evaluate", str(FOLDER / "builtin.pt"), "--data-dir", str(test_data), "--split", "test", "--split",
+                   "test_real", "--runs-dir", str(args.work / "runs"), work=args.work, device=args.device)  # fmt: skip
+    for name in ("builtin_eval.json", "builtin_confusion_test.png", "builtin_confusion_test_real.png",
+                 "builtin_predictions_test.png", "builtin_predictions_test_real.png"):  # fmt: skip
+        (FOLDER / name).unlink(missing_ok=True)  # evaluate writes beside the checkpoint: keep the package lean
+    record = {
+        "lunar_version": __version__, "settings": SETTINGS, "epochs_override": args.epochs, "device": trained["device"],
+        "train": {k: trained[k] for k in ("epochs_run", "best_epoch", "best_val_miou", "train_seconds", "parameters",
+                                          "calibration")},
+        "export": {k: exported[k] for k in ("bytes", "class_agreement", "max_probability_difference")},
+        "checkpoint_bytes": (FOLDER / "builtin.pt").stat().st_size,
+        "fresh_test": {split: {"iou": r["iou"], "miou": r["miou"], "ece": r["ece"], "resolution": r["resolution"],
+                               "images": r["images"], "out_of_distribution_share": r["out_of_distribution_share"]}
+                       for split, r in scored["splits"].items()},
+        "wall_seconds": round(time.time() - start),
+    }  # fmt: skip
+    (FOLDER / "builtin.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+
+
+if __name__ == "__main__":
+    main()
