@@ -63,7 +63,7 @@ def make_checkpoint(path: Path, backbone: str) -> Path:
 def make_photos(folder: Path, n: int) -> list[Path]:
     """Write ``n`` rendered 720x480 lunar scenes as PNGs; return their paths."""
     from lunar_cli.classes import write_png_atomic
-    from lunar_cli.data.synthetic import render_scene
+    from lunar_cli.data.scene import render_scene
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)

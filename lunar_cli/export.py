@@ -71,7 +71,7 @@ def sample_frames(model: "Model", seed: int = 0) -> np.ndarray:
 
     The sides are not multiples of the padding on purpose, so the check covers lunar's padding too.
     """
-    from lunar_cli.data.synthetic import render_scene
+    from lunar_cli.data.scene import render_scene
 
     h, w = model.frame_size.of(250, 360)
     rng = np.random.default_rng(seed)

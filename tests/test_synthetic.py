@@ -10,7 +10,8 @@ import pytest
 
 from lunar_cli.classes import PALETTE, read_image_rgb, read_mask
 from lunar_cli.console import LunarError
-from lunar_cli.data.synthetic import SKY_MAX, generate_synthetic, render_scene, sample_rocks, sample_scene
+from lunar_cli.data.scene import SKY_MAX, render_scene, sample_rocks, sample_scene
+from lunar_cli.data.synthetic import generate_synthetic
 
 W, H, COUNT, REAL = 96, 64, 8, 3
 SKY, SMALL, LARGE = 1, 2, 3
