@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import cv2
@@ -14,7 +15,13 @@ from lunar_cli.data.scene import SKY_MAX, render_scene, sample_rocks, sample_sce
 from lunar_cli.data.synthetic import generate_synthetic
 
 W, H, COUNT, REAL = 96, 64, 8, 3
-SKY, SMALL, LARGE = 1, 2, 3
+GROUND, SKY, SMALL, LARGE = 0, 1, 2, 3
+MANY_REAL = 16  # enough real-like photos to see how they vary
+# sha256 of the decoded pixels of `made`'s renders and masks (images/render, clean, ground 1..8 in turn) and
+# of render_scene(default_rng(i), 480, 320) for i = 0, 1, 2: computed on the code before real-like
+# photos got their own views (no sky, close rocks, tint, exposure), which must leave renders as they were.
+RENDERS_SHA256 = "3a2aa65fda0cc7d509098ac6728109b0a8f891835d302dd7a9a17f3435dc963c"
+RENDER_SCENE_SHA256 = "baf208730d237927435c04e6bb1228481e2d577f14e593db3e7bd2ba4efb6920"
 
 
 def make(root: Path, seed: int = 7, workers: int = 1) -> dict:
@@ -26,6 +33,18 @@ def make(root: Path, seed: int = 7, workers: int = 1) -> dict:
 def made(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("synthetic") / "data"
     return root, make(root)
+
+
+@pytest.fixture(scope="module")
+def real_set(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("real") / "data"
+    generate_synthetic(root, count=1, real_count=MANY_REAL, width=160, height=96, seed=3, workers=1, progress=False)
+    return root
+
+
+def real_photos(root: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    folder = root / "real_moon_images"
+    return [(read_image_rgb(folder / f"PCAM{i}.png"), read_mask(folder / f"g_PCAM{i}.png")[0]) for i in range(1, count + 1)]
 
 
 def files(root: Path) -> dict[str, bytes]:
@@ -56,6 +75,27 @@ def test_same_seed_gives_identical_bytes_whatever_the_workers(made, tmp_path):
     again = make(tmp_path / "two_workers", workers=2)
     assert files(tmp_path / "two_workers") == files(root)
     assert again["class_share"] == summary["class_share"]
+
+
+def test_real_like_photos_are_the_same_whatever_the_workers(real_set, tmp_path):
+    generate_synthetic(tmp_path / "data", count=1, real_count=MANY_REAL, width=160, height=96, seed=3, workers=2,
+                       progress=False)
+    assert files(tmp_path / "data") == files(real_set)
+
+
+def test_renders_are_as_before_real_like_views(made):
+    root, _ = made
+    digest = hashlib.sha256()  # of decoded pixels, so a different PNG encoder does not matter
+    for i in range(1, COUNT + 1):
+        digest.update(read_image_rgb(root / f"images/render/render{i:04d}.png").tobytes())
+        digest.update(read_mask(root / f"images/clean/clean{i:04d}.png")[0].tobytes())
+        digest.update(read_mask(root / f"images/ground/ground{i:04d}.png")[0].tobytes())
+    assert digest.hexdigest() == RENDERS_SHA256
+    digest = hashlib.sha256()
+    for i in range(3):
+        for array in render_scene(np.random.default_rng(i), 480, 320):
+            digest.update(array.tobytes())
+    assert digest.hexdigest() == RENDER_SCENE_SHA256
 
 
 def test_another_seed_gives_other_images(made, tmp_path):
@@ -110,17 +150,50 @@ def test_real_like_photos_look_different(made):
     def look(image: np.ndarray, mask: np.ndarray) -> tuple[float, float, float]:
         g = image[..., 1].astype(np.float32)
         grain = float((g - cv2.GaussianBlur(g, (0, 0), 1.5))[mask == 0].std())
-        cast = float(image[..., 0].astype(np.float32).mean() - image[..., 2].astype(np.float32).mean())
-        return cast, float(g[mask == SKY].std()), grain
+        grey = float((image[..., 0] == image[..., 2]).mean())
+        return grey, float(g[mask == SKY].std()), grain
 
-    real = [look(read_image_rgb(root / f"real_moon_images/PCAM{i}.png"),
-                 read_mask(root / f"real_moon_images/g_PCAM{i}.png")[0]) for i in range(1, REAL + 1)]
+    real = [look(*photo) for photo in real_photos(root, REAL)]
     rendered = [look(read_image_rgb(root / f"images/render/render{i:04d}.png"),
                      read_mask(root / f"images/clean/clean{i:04d}.png")[0]) for i in range(1, REAL + 1)]
-    for (cast, sky_noise, grain), (r_cast, r_sky_noise, r_grain) in zip(real, rendered):
-        assert cast > 5 and r_cast == 0  # a warm colour cast
+    for (grey, sky_noise, _), (r_grey, r_sky_noise, _) in zip(real, rendered):
+        assert grey < 0.5 and r_grey == 1.0  # a colour cast and colour noise
         assert sky_noise > 3 * max(r_sky_noise, 1.0)  # sensor noise shows in the black sky
-        assert grain < r_grain  # blur takes the crisp regolith grain away
+    # blur takes the crisp regolith grain away (an over-exposed photo may gain some back)
+    assert np.median([grain for *_, grain in real]) < np.median([grain for *_, grain in rendered])
+
+
+def test_real_like_views_include_no_sky_and_close_large_rocks(real_set):
+    masks = [mask for _, mask in real_photos(real_set, MANY_REAL)]
+    no_sky = np.mean([not (mask == SKY).any() for mask in masks])
+    assert 0.2 <= no_sky <= 0.6  # cameras looking down at the ground, as in many Chang'e-3 photos
+    assert sum((mask == LARGE).mean() > 0.1 for mask in masks) >= 2  # a large rock right in front of the camera
+    assert all((mask == GROUND).mean() > 0.3 for mask in masks)
+
+
+def test_real_like_tint_and_exposure_vary(real_set):
+    red_blue, brightness, clipped = [], [], []
+    for image, mask in real_photos(real_set, MANY_REAL):
+        lit = image[mask != SKY].astype(np.float32)
+        red_blue.append(lit[:, 0].mean() / lit[:, 2].mean())
+        brightness.append(lit.mean())
+        clipped.append((image == 255).any(axis=-1).mean())
+    assert min(red_blue) < 1.0 and max(red_blue) > 1.4  # slightly cool to strongly brown
+    assert max(brightness) > 2.5 * min(brightness)  # under- and over-exposed photos
+    assert max(clipped) > 0.02  # over-exposure clips the highlights
+
+
+def test_real_like_scenes_keep_exact_masks():
+    """Looking down with no sky, or with a close rock hiding the horizon, the mask still follows the pixels."""
+    no_sky = close_rock = 0
+    for i in range(12):
+        image, raw, clean = render_scene(np.random.default_rng(i), 160, 96, real=True)
+        sky = raw == SKY
+        assert image[sky].max(initial=0) <= SKY_MAX and image[~sky].min() > SKY_MAX
+        assert ((clean == raw) | (clean == GROUND)).all()
+        no_sky += not sky.any()
+        close_rock += (clean == LARGE).mean() > 0.1
+    assert no_sky and close_rock
 
 
 def test_scene_statistics_look_like_the_dataset():

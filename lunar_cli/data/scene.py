@@ -3,10 +3,15 @@
 A pinhole camera looks at a flat, fractal regolith plane (craters included) under a low
 sun; rocks are shaded blobs with cast shadows, drawn far to near so the mask follows the
 same occlusion as the pixels. A scene depends only on the random generator it is given.
+
+Real-like scenes (``real=True``) add the views of rover photos that renders lack: a camera
+looking down with no sky in the frame, a large rock right in front of the lens. Those extra
+draws come after the usual ones and only when real=True, so renders stay as they were.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass
@@ -17,6 +22,8 @@ GROUND, SKY, SMALL, LARGE = 0, 1, 2, 3
 FAR = 300.0  # metres: the ground beyond (and the distant hills) shows the coarsest texture level
 FLOOR = 0.035  # darkest ground/rock value; the sky stays below it so masks and pixels agree
 SKY_MAX = 3  # sky pixels are 0..SKY_MAX (8-bit)
+NO_SKY_SHARE = 0.35  # real-like views looking down at the ground: Chang'e-3 photos often show no sky
+CLOSE_ROCK_SHARE = 0.35  # real-like views with a large rock or two right in front of the camera
 
 
 @dataclass(frozen=True)
@@ -45,14 +52,18 @@ class Rock:
     cls: int  # SMALL or LARGE
 
 
-def render_scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return (RGB uint8 image, raw class mask, clean class mask) of one random scene."""
-    scene = sample_scene(rng, width, height)
+def render_scene(rng: np.random.Generator, width: int, height: int, *,
+                 real: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return (RGB uint8 image, raw class mask, clean class mask) of one random scene.
+
+    real=True samples the wider range of views of the real-like photos (no sky, close rocks).
+    """
+    scene = sample_scene(rng, width, height, real=real)
     sky = sky_mask(rng, scene)
     gray = np.where(sky, 0.0, project_ground(rng, scene, ground_view(scene))).astype(np.float32)
     raw = np.where(sky, SKY, GROUND).astype(np.uint8)
     tiny = np.zeros_like(sky)
-    for rock in sample_rocks(rng, scene):
+    for rock in sample_rocks(rng, scene, real=real):
         draw_rock(rng, scene, rock, gray, raw, tiny)
     clean = np.where(tiny, GROUND, raw).astype(np.uint8)
     pixels = np.where(raw == SKY, 0.0, np.maximum(gray, FLOOR))  # rocks may hide the sky, never the reverse
@@ -61,16 +72,24 @@ def render_scene(rng: np.random.Generator, width: int, height: int) -> tuple[np.
     return np.repeat(image[:, :, None], 3, axis=2), raw, clean
 
 
-def sample_scene(rng: np.random.Generator, width: int, height: int) -> Scene:
-    """Return a random camera and sun; the horizon leaves roughly 10-30% of the frame to the sky."""
-    return Scene(width=width, height=height,
-                 horizon=height * rng.uniform(0.10, 0.28),
-                 roll=math.radians(rng.uniform(-4.0, 4.0)),
-                 focal=width * rng.uniform(0.9, 1.3),
-                 cam_height=rng.uniform(0.8, 1.6),
-                 sun_azimuth=rng.uniform(0.0, 2 * np.pi),
-                 sun_elevation=math.radians(rng.uniform(7.0, 40.0)),
-                 exposure=rng.uniform(0.36, 0.52))
+def sample_scene(rng: np.random.Generator, width: int, height: int, *, real: bool = False) -> Scene:
+    """Return a random camera and sun; the horizon leaves roughly 10-30% of the frame to the sky.
+
+    With real=True, NO_SKY_SHARE of the cameras look down: the horizon lies above the frame, no sky shows.
+    """
+    scene = Scene(width=width, height=height,
+                  horizon=height * rng.uniform(0.10, 0.28),
+                  roll=math.radians(rng.uniform(-4.0, 4.0)),
+                  focal=width * rng.uniform(0.9, 1.3),
+                  cam_height=rng.uniform(0.8, 1.6),
+                  sun_azimuth=rng.uniform(0.0, 2 * np.pi),
+                  sun_elevation=math.radians(rng.uniform(7.0, 40.0)),
+                  exposure=rng.uniform(0.36, 0.52))
+    if real and rng.random() < NO_SKY_SHARE:
+        # above the top edge at every column whatever the roll, by 10-80% of the height (steeper views)
+        above = abs(math.tan(scene.roll)) * width / 2 + height * rng.uniform(0.1, 0.8)
+        scene = dataclasses.replace(scene, horizon=-above)
+    return scene
 
 
 def _rotated_rows_cols(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
@@ -236,22 +255,27 @@ def crater_shading(rng: np.random.Generator, scene: Scene, view: GroundView) -> 
     return factor
 
 
-def sample_rocks(rng: np.random.Generator, scene: Scene) -> list[Rock]:
+def sample_rocks(rng: np.random.Generator, scene: Scene, *, real: bool = False) -> list[Rock]:
     """Return the rocks of a scene sorted far to near; size shrinks with distance.
 
     Most scenes have small rocks (~90%) and large rocks (~75%); every scene has gravel,
     which shows up as small rocks in the raw mask only (below the clean size threshold).
+    With real=True, CLOSE_ROCK_SHARE of the scenes also get one or two large rocks near the
+    camera, 15-35% of the width in radius, their base at or below the bottom edge.
     """
     kinds = [(SMALL, 0.003, 0.01, 20 + rng.poisson(60), 10.0)]  # gravel: (class, radius range, count, max depth)
     if rng.random() < 0.9:
         kinds.append((SMALL, 0.015, 0.07, 20 + rng.poisson(60), 12.0))
     if rng.random() < 0.75:
         kinds.append((LARGE, 0.09, 0.4, 1 + rng.poisson(4.0), 9.0))
-    near = scene.focal * scene.cam_height / (scene.height - scene.horizon)  # depth of the bottom row
+    fh = scene.focal * scene.cam_height
+    near = fh / (scene.height - scene.horizon)  # depth of the bottom row
+    top = -scene.horizon - abs(math.sin(scene.roll)) * scene.width / 2  # fewest rows from the horizon to the top edge
+    seen = fh / top if top > 0 else math.inf  # with the horizon above the frame, rocks beyond would not show
     rocks = []
     for cls, r_min, r_max, number, max_depth in kinds:
         # depth by area: a band of ground farther away is wider, so it holds more rocks
-        depth = np.sqrt(rng.uniform(near ** 2 * 0.8, max(max_depth, 2 * near) ** 2, size=number))
+        depth = np.sqrt(rng.uniform(near ** 2 * 0.8, max(min(max_depth, seen), 2 * near) ** 2, size=number))
         radius = r_min * (r_max / r_min) ** rng.power(0.6, size=number)  # more small than big
         xr = rng.uniform(-0.1, 1.1, size=number) * scene.width  # uniform on screen = uniform on the ground
         for d, r, x in zip(depth, radius, xr):
@@ -259,6 +283,11 @@ def sample_rocks(rng: np.random.Generator, scene: Scene) -> list[Rock]:
             x_img, y_img = _to_image(scene, x, yr)
             if -50 < x_img < scene.width + 50 and r * scene.focal / d > 0.4:  # smaller would not show
                 rocks.append(Rock(x_img, y_img, r * scene.focal / d, d, cls))
+    if real and rng.random() < CLOSE_ROCK_SHARE:
+        for _ in range(rng.integers(1, 3)):
+            base = scene.height * rng.uniform(0.8, 1.15)  # roll-free row of the base, up to below the frame
+            x_img, y_img = _to_image(scene, rng.uniform(0.05, 0.95) * scene.width, base)
+            rocks.append(Rock(x_img, y_img, scene.width * rng.uniform(0.15, 0.35), fh / (base - scene.horizon), LARGE))
     return sorted(rocks, key=lambda rock: rock.y)
 
 

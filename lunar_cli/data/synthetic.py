@@ -9,7 +9,8 @@ Layout under ``out_dir`` (like the Kaggle dataset):
   images/render/render0001.png   rendered scene
   images/clean/clean0001.png     mask without rocks smaller than a couple of pixels
   images/ground/ground0001.png   raw mask: tiny rocks (gravel) included
-  real_moon_images/PCAM1.png, g_PCAM1.png   "real-like" photos (a different look) + masks
+  real_moon_images/PCAM1.png, g_PCAM1.png   "real-like" photos + masks: a harder test than the renders,
+      with rover views (no sky, close rocks: render_scene(real=True)) and a camera look (real_look)
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def _render_job(job: tuple) -> tuple[str, np.ndarray, np.ndarray]:
     """Render and write one image and its masks; return (kind, clean pixel counts, raw pixel counts)."""
     out_dir, kind, index, width, height, seed = job
     rng = np.random.default_rng(np.random.SeedSequence([seed, KINDS[kind], index, width, height]))
-    image, raw, clean = render_scene(rng, width, height)
+    image, raw, clean = render_scene(rng, width, height, real=kind == "real")
     out = Path(out_dir)
     if kind == "render":
         write_png_atomic(out / "images/render" / f"render{index:04d}.png", image)
@@ -118,7 +119,7 @@ def _render_job(job: tuple) -> tuple[str, np.ndarray, np.ndarray]:
 
 
 def real_look(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
-    """Return the image degraded like a rover camera photo: tone curve, blur, vignette, cast, noise, JPEG."""
+    """Return the image degraded like a rover camera photo: tone curve, blur, vignette, tint, exposure, noise, JPEG."""
     import cv2
 
     h, w = image.shape[:2]
@@ -128,9 +129,34 @@ def real_look(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     r2 = ((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2
     x = x * (1 - rng.uniform(0.2, 0.4) * r2 / 2)[:, :, None]
-    x = x * np.array([rng.uniform(1.02, 1.1), 1.0, rng.uniform(0.82, 0.94)], np.float32)  # warm cast
+    x = x * camera_tint(rng) * exposure_gain(rng)  # before the noise: a dark photo is a noisy one
     x = x + rng.normal(0, rng.uniform(0.015, 0.03), size=(h, w, 1)) + rng.normal(0, 0.008, size=x.shape)
     out = np.clip(np.round(x * 255), 0, 255).astype(np.uint8)
     quality = int(rng.integers(55, 80))
     _, jpeg = cv2.imencode(".jpg", out[:, :, ::-1], [cv2.IMWRITE_JPEG_QUALITY, quality])
     return cv2.imdecode(jpeg, cv2.IMREAD_COLOR)[:, :, ::-1].copy()
+
+
+def camera_tint(rng: np.random.Generator) -> np.ndarray:
+    """Return (R, G, B) gains: a brownish cast of random strength, or now and then a slightly cool one.
+
+    Red/blue gain ratios run from about 0.89 (cool) to 1.7 (strong brown); most photos are mildly warm.
+    """
+    if rng.random() < 0.15:
+        warmth = rng.uniform(-0.12, -0.03)  # white balance set for a warmer light
+    else:
+        warmth = 0.04 + 0.46 * rng.random() ** 2  # squared: mild casts are common, strong ones happen
+    return np.array([1 + 0.4 * warmth, 1 + 0.1 * warmth, 1 - 0.6 * warmth], np.float32)
+
+
+def exposure_gain(rng: np.random.Generator) -> float:
+    """Return the photo's brightness gain: a quarter under-exposed, a quarter over-exposed (highlights clip).
+
+    Under: -1.5 to -0.5 stops (x0.35-0.71); over: +0.6 to +1.2 stops (x1.5-2.3); else -0.25 to +0.25 stops.
+    """
+    kind = rng.random()
+    if kind < 0.25:
+        return float(2.0 ** rng.uniform(-1.5, -0.5))
+    if kind < 0.5:
+        return float(2.0 ** rng.uniform(0.6, 1.2))
+    return float(2.0 ** rng.uniform(-0.25, 0.25))
