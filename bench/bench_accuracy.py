@@ -32,12 +32,12 @@ SETS = {"cpu": (300, 24, 480, 320, 42), "gpu": (1600, 36, 720, 480, 42)}
 # (label, extra train flags) per mode; epochs and batch sizes fit each mode's time budget.
 MODES = {
     "cpu": [
-        ("custom, default", ["--backbone", "custom", "--epochs", "40", "--batch-size", "8"]),
+        ("custom, default", ["--backbone", "custom", "--epochs", "56", "--batch-size", "8"]),
         ("custom, --recipe seed", ["--backbone", "custom", "--recipe", "seed", "--epochs", "40", "--batch-size", "8"]),
     ],
     "gpu": [
         (f"{b}, {r}", ["--backbone", b, "--encoder-weights", "none", "--epochs", "20", "--batch-size", "16",
-                       *([] if r == "default" else ["--recipe", "seed"]), *(["--crop-size", "384"] if r == "default" else [])])
+                       *([] if r == "default" else ["--recipe", "seed"])])
         for b in ("custom", "vgg11", "resnet18", "mobilenet_v3_large") for r in ("default", "seed")
     ],
 }

@@ -39,7 +39,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; before t
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+from lunar_cli.parallel import cpu_cores  # noqa: E402
+
+CORES = cpu_cores()
 
 
 def make_checkpoint(path: Path, backbone: str) -> Path:

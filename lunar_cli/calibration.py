@@ -1,9 +1,9 @@
 """Are a model's probabilities honest? Expected calibration error, a fitted temperature, an out-of-distribution threshold.
 
-At the end of training the best model is calibrated on the validation split: a sample of
-pixels gives the expected calibration error (ECE: 15 confidence bins, the gap between
-confidence and accuracy weighted by the pixels in each bin); if a temperature T on the
-logits (fitted by minimising the negative log-likelihood) lowers it, T is kept. The
+At the end of training the best model is calibrated on the validation split: a temperature
+T on the logits is fitted on a sample of pixels by minimising the negative log-likelihood,
+and kept if it lowers the expected calibration error (ECE: 15 confidence bins, the gap
+between confidence and accuracy weighted by the pixels in each bin) over whole frames. The
 out-of-distribution threshold is the 99th percentile of the per-image mean uncertainty
 (normalised entropy) over the validation frames: a photo above it looks unlike anything
 the model was validated on. Both are stored in the checkpoint's meta ("calibration").
@@ -47,7 +47,7 @@ class CalibrationBins:
         conf, hit = conf[keep].float(), (pred[keep] == target[keep]).float()
         bins = (conf * BINS).long().clamp_(max=BINS - 1)
         for total, values in ((self.counts, torch.ones_like(conf)), (self.confidence, conf), (self.correct, hit)):
-            total += torch.bincount(bins, weights=values, minlength=BINS).double().cpu().numpy()
+            total += torch.bincount(bins.cpu(), weights=values.cpu().double(), minlength=BINS).numpy()
 
     def ece(self) -> float | None:
         """Return the expected calibration error (None with no pixels)."""
@@ -68,28 +68,24 @@ def mean_uncertainty(probs: "torch.Tensor") -> "torch.Tensor":
     return normalized_entropy(probs).flatten(1).mean(dim=1)
 
 
-def _sample(model: "Model", loader: "FrameLoader") -> tuple["torch.Tensor", "torch.Tensor", "torch.Tensor"]:
-    """Return (logits (P, C), labels (P,), image number (P,)) for a grid of pixels of every frame, full resolution."""
+def _sample(model: "Model", loader: "FrameLoader") -> tuple["torch.Tensor", "torch.Tensor"]:
+    """Return (logits (P, C), labels (P,)) for a grid of pixels of every frame, at full resolution."""
     import torch
 
     from lunar_cli.engine import frame_logits
     from lunar_cli.scoring import same_size_groups
 
-    logits, labels, owner = [], [], []
-    image = 0
+    logits, labels = [], []
     for frames, masks, sizes in loader:
         for f, m in same_size_groups(frames, masks, sizes):
             full = frame_logits(model, f, tuple(m.shape[1:]))
             step = max(1, int((m.shape[1] * m.shape[2] / PIXELS_PER_FRAME) ** 0.5))
             grid_logits = full[:, :, ::step, ::step].permute(0, 2, 3, 1)
             grid_labels = m[:, ::step, ::step].long()
-            for i in range(len(f)):
-                keep = grid_labels[i] != IGNORE_INDEX
-                logits.append(grid_logits[i][keep].float().cpu())
-                labels.append(grid_labels[i][keep].cpu())
-                owner.append(torch.full((int(keep.sum()),), image))
-                image += 1
-    return torch.cat(logits), torch.cat(labels), torch.cat(owner)
+            keep = grid_labels != IGNORE_INDEX
+            logits.append(grid_logits[keep].float().cpu())
+            labels.append(grid_labels[keep].cpu())
+    return torch.cat(logits), torch.cat(labels)
 
 
 def fit_temperature(logits: "torch.Tensor", labels: "torch.Tensor") -> float:
@@ -110,31 +106,27 @@ def fit_temperature(logits: "torch.Tensor", labels: "torch.Tensor") -> float:
     return float(log_t.detach().exp().clamp(0.05, 20.0))
 
 
-def _ece(probs: "torch.Tensor", labels: "torch.Tensor") -> float:
-    bins = CalibrationBins()
-    bins.update(probs.T[None, :, :, None], labels[None, :, None])
-    return bins.ece() or 0.0
-
-
 def calibrate(model: "Model", loader: "FrameLoader") -> dict:
     """Return the model's calibration on ``loader`` (the val split): temperature, ECE before and after, OOD threshold.
 
-    The temperature is fitted on a grid of pixels of every frame; the ECE after and the
-    per-image uncertainty behind the threshold come from whole frames at full resolution,
-    as ``lunar evaluate`` and ``lunar predict`` compute them.
+    The temperature is fitted on a grid of pixels of every frame; the ECE with and without
+    it, and the per-image uncertainty behind the threshold, come from whole frames at full
+    resolution, as ``lunar evaluate`` and ``lunar predict`` compute them.
     """
     from lunar_cli.scoring import score_frames
 
     model.net.eval()
-    logits, labels, _owner = _sample(model, loader)
-    before = _ece(logits.softmax(dim=1), labels)
+    logits, labels = _sample(model, loader)
     fitted = fit_temperature(logits, labels)
-    temperature = fitted if _ece((logits / fitted).softmax(dim=1), labels) < before else 1.0
-    model.meta = {**model.meta, "calibration": {"temperature": temperature}}
-    score = score_frames(model, loader, calibration=True)
+    scores = {}
+    for temperature in (1.0, fitted):
+        model.meta = {**model.meta, "calibration": {"temperature": temperature}}
+        scores[temperature] = score_frames(model, loader, calibration=True)
+    temperature = fitted if scores[fitted].ece < scores[1.0].ece else 1.0
+    chosen = scores[temperature]
     return {
-        "temperature": temperature, "ece_val_before": before, "ece_val": score.ece,
-        "ood_threshold": float(np.quantile(score.uncertainty, OOD_QUANTILE)), "val_images": len(score.uncertainty),
+        "temperature": temperature, "ece_val_before": scores[1.0].ece, "ece_val": chosen.ece,
+        "ood_threshold": float(np.quantile(chosen.uncertainty, OOD_QUANTILE)), "val_images": len(chosen.uncertainty),
         "val_pixels_sampled": int(labels.numel()),
     }  # fmt: skip
 

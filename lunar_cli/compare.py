@@ -211,11 +211,11 @@ def compare_runs(
         plot_side_by_side_predictions,
     )
 
+    data_dir = Path(data_dir)
+    counts = manifest_counts(data_dir)  # first: no data, no need to say which runs would have been compared
     folders = find_runs(runs, runs_dir)
     labels = run_labels(folders)
-    data_dir = Path(data_dir)
     out_dir = Path(out_dir) if out_dir is not None else Path(runs_dir) / "compare"
-    counts = manifest_counts(data_dir)
     available = [s for s in SCORE_SPLITS if counts[s] > 0]
     if not available:
         raise LunarError(f"no test or test_real images in {data_dir}/manifest.csv: run lunar split")

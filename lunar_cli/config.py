@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Literal, Mapping, Union
 
-from lunar_cli.config_tree import apply_mapping, as_plain, nest, read_yaml, render_yaml
+from lunar_cli.config_tree import apply_mapping, nest, read_yaml, render_yaml
 from lunar_cli.console import LunarError
 
 KAGGLE_DATASET = "romainpessia/artificial-lunar-rocky-landscape-dataset"
@@ -85,7 +85,7 @@ class DataConfig:
     scale: float = 1.0  # frames are cached and fed to the model at this share of their own size (aspect kept)
     image_size: Union[int, None] = None  # squash every frame to this square size instead (the study's 256); null = keep the aspect
     crop_size: int = 256  # side of the square training crops, pixels at the model's scale (multiple of 32; squashed frames train whole)
-    zoom: List[float] = field(default_factory=lambda: [0.75, 1.5])  # random rescale of each crop, [low, high] (log-uniform); [1, 1] = none
+    zoom: List[float] = field(default_factory=lambda: [1.0, 1.0])  # random rescale of each crop, [low, high] (log-uniform); [1, 1] = none
     limit: Union[int, None] = None  # use only N images of each split (quick runs); null = all
     workers: Union[int, None] = None  # processes that decode images into the cache; null = all cores
     skip_bad: bool = False  # drop unreadable image/mask pairs with a warning instead of stopping
@@ -96,7 +96,7 @@ class DataConfig:
 class TrainConfig:
     """How a model is trained (``lunar train``)."""
 
-    recipe: Recipe = "default"  # default: native-scale crops, CE+Dice, AdamW, warm-up + cosine; seed: the study's (RECIPES in config.py)
+    recipe: Recipe = "default"  # default: native-scale crops, CE+Dice, AdamW, warm-up + cosine (bench/RESULTS.md); seed: the study's
     backbone: str = "custom"  # custom | vgg11 | resnet18 | mobilenet_v3_large | any smp encoder name
     encoder_weights: str = "imagenet"  # imagenet | none | path to a local encoder weights file (custom: none)
     init: Union[str, None] = None  # start from a trained model's weights (fine-tuning): a checkpoint, run folder or builtin
@@ -105,11 +105,11 @@ class TrainConfig:
     epochs: int = 20  # passes over the train split
     batch_size: int = 8  # images per step (per process under torchrun)
     optimizer: Optimizer = "adamw"  # auto: adam for custom and sgd for smp encoders (the study's)
-    lr: Union[float, None] = None  # learning rate; null: 1e-3 for adam/adamw, 1e-2 for sgd
+    lr: Union[float, None] = None  # learning rate; null: 3e-3 for adamw on the custom U-Net, 1e-3 other adam/adamw, 1e-2 sgd
     momentum: float = 0.9  # sgd momentum
     weight_decay: float = 1e-4  # L2 penalty (decoupled for adamw)
-    scheduler: Schedule = "cosine"  # learning-rate schedule over the steps of the run
-    warmup: float = 0.05  # share of the steps over which the rate rises linearly from zero
+    scheduler: Schedule = "cosine"  # learning-rate schedule over the steps of the run (plateau: per epoch, on val mIoU)
+    warmup: float = 0.05  # share of the steps over which the rate rises linearly from zero (not with plateau)
     loss: Loss = "ce+dice"  # cross-entropy (the study's), smp Dice or Focal, or cross-entropy + Dice
     class_weights: Union[List[float], Literal["auto"], None] = None  # CE weights per class, e.g. [1, 1, 5, 5]; auto: inverse pixel frequency
     patience: Union[int, None] = None  # stop after N epochs without a better val mIoU; null = never
@@ -231,6 +231,15 @@ def validate(cfg: Config) -> None:
         raise LunarError(f"config keys 'train.width' (>= 1) and 'train.depth' (1 to 5): got {t.width} and {t.depth}")
     if not 0.0 <= t.warmup < 1.0:
         raise LunarError(f"config key 'train.warmup': a share of the steps in [0, 1), got {t.warmup}")
+    for key, value, ok, what in (
+        ("train.lr", t.lr, t.lr is None or t.lr > 0, "above 0"),
+        ("train.weight_decay", t.weight_decay, t.weight_decay >= 0, "0 or more"),
+        ("train.momentum", t.momentum, 0 <= t.momentum < 1, "at least 0 and below 1"),
+        ("train.patience", t.patience, t.patience is None or t.patience >= 1, "at least 1"),
+        ("data.workers", d.workers, d.workers is None or d.workers >= 0, "0 or more"),
+    ):
+        if not ok:
+            raise LunarError(f"config key {key!r}: must be {what}, got {value}")
     if isinstance(t.class_weights, list) and len(t.class_weights) != 4:
         raise LunarError(f"config key 'train.class_weights': give 4 weights (one per class), got {len(t.class_weights)}")
     if not 0.0 <= cfg.predict.tile_overlap < 0.9:
@@ -339,11 +348,6 @@ def load_config(
     apply_mapping(cfg, flags)
     validate(cfg)
     return cfg
-
-
-def as_dict(cfg: Any) -> dict[str, Any]:
-    """Return the config (or one section) as plain YAML/JSON-ready values."""
-    return as_plain(cfg)
 
 
 EXAMPLE_HEADER = """\

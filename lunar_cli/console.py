@@ -37,10 +37,12 @@ class LunarError(Exception):
 
 
 def warn(message: str) -> None:
-    """Print a one-line warning to stderr."""
+    """Print a one-line warning to stderr (the message as it is: brackets in file names are not markup)."""
+    from rich.markup import escape
+
     from lunar_cli.console import err
 
-    err.print(f"[yellow]warning:[/] {message}", highlight=False)
+    err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
 
 def info(message: str) -> None:

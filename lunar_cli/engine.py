@@ -1,11 +1,13 @@
 """The one way lunar runs a model on photos: find and load it, feed frames at its scale, get logits back.
 
-Shared by training's validation, ``evaluate``, ``predict`` and ``compare``, so that
-preprocessing always comes from the checkpoint (the frame scale it was trained at, its
-normalisation) and is never re-specified by the user. Frames are fed whole (fully
-convolutional, padded to the network's multiple of 32), or in overlapping windows for
-frames too big for memory; logits are upsampled to the size the caller asks for (the
-photo's own, or the label's), never a mask.
+Shared by training's validation, ``evaluate``, ``predict``, ``compare`` and ``export``, so
+that preprocessing always comes from the checkpoint (the frame scale it was trained at,
+its normalisation) and is never re-specified by the user. Frames are fed whole (fully
+convolutional), centred in the next multiple of the network's padding with edge pixels
+repeated; logits are upsampled to the size the caller asks for (the photo's own, or the
+label's), never a mask. ``predict`` turns logits into maps in ``lunar_cli.photos`` (NumPy
+only), which also runs exported ONNX models (``lunar_cli.onnx_model``) and tiles frames
+too big for memory.
 """
 
 from __future__ import annotations
@@ -76,21 +78,18 @@ def frame_size_of(meta: dict) -> FrameSize:
     return FrameSize(square=int(meta["image_size"][0]))
 
 
-def find_model(
-    model: Path | str | None, runs_dir: Path, models_dir: Path = Path("models"), *, onnx_ok: bool = False
-) -> tuple[Path, str]:
+def find_model(model: Path | str | None, runs_dir: Path, models_dir: Path = Path("models")) -> tuple[Path, str]:
     """Return (model path, how it was chosen: "given", "newest" or "builtin").
 
     ``model`` may be a checkpoint file, a run folder (its ``best.pt``), an exported .onnx
     or ``builtin``. With no ``model``, the newest ``best.pt`` under ``runs_dir/train``
-    (then ``models_dir``), else the built-in model. ``onnx_ok``: the caller can run the
-    built-in model's ONNX export (predict), which needs no torch.
+    (then ``models_dir``), else the built-in model.
     """
-    from lunar_cli.models.builtin import NAME, builtin_checkpoint, builtin_onnx
+    from lunar_cli.models.builtin import NAME, builtin_checkpoint
     from lunar_cli.rundir import latest_file
 
     def builtin() -> tuple[Path, str]:
-        return (onnx if onnx_ok and (onnx := builtin_onnx()) else builtin_checkpoint()), "builtin"
+        return builtin_checkpoint(), "builtin"
 
     if model is not None:
         if str(model) == NAME:
@@ -120,15 +119,42 @@ def said_model(path: Path, how: str, runs_dir: Path) -> str | None:
     return None
 
 
-def load_any(path: Path, device: str = "auto", amp: bool | None = None, channels_last: bool | None = None):
-    """Return the model at ``path`` for predict: an ONNX file in ONNX Runtime (torch is never imported), else a checkpoint."""
+def load_any(path: Path, device="auto", amp: bool | None = None, channels_last: bool | None = None):
+    """Return the model at ``path`` for predict: an ONNX file in ONNX Runtime (torch is never imported), else a checkpoint.
+
+    ``device`` is a name (auto, cpu, cuda:N) or a torch.device already chosen (a torchrun rank's).
+    """
     if Path(path).suffix.lower() == ".onnx":
+        from lunar_cli.console import warn
         from lunar_cli.onnx_model import load_onnx
 
+        ignored = [flag for flag, given in (("--device", str(device) not in ("auto", "cpu")), ("--amp", amp is not None),
+                                            ("--channels-last", channels_last is not None)) if given]  # fmt: skip
+        if ignored:
+            warn(f"{path}: ONNX Runtime runs it on the CPU in fp32 as exported; {', '.join(ignored)} not used")
         return load_onnx(Path(path))
-    from lunar_cli.runtime import select_device
+    if isinstance(device, str):
+        from lunar_cli.runtime import select_device
 
-    return load_model(path, select_device(device), amp, channels_last)
+        device = select_device(device)
+    return load_model(path, device, amp, channels_last)
+
+
+def temperature_of(meta: dict) -> float:
+    """Return the calibration temperature a model's logits are divided by for probabilities (1 if uncalibrated)."""
+    return float(meta.get("calibration", {}).get("temperature") or 1.0)
+
+
+def pad_frames(frames: np.ndarray, meta: dict) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+    """Return uint8 frames (N, h, w, 3) centred in the model's padding multiple (edges repeated), and (top, left, h, w).
+
+    NumPy only: what exported models are fed (the PyTorch engine pads the same way in ``forward``).
+    """
+    h, w = frames.shape[1:3]
+    top, bottom, left, right = padding(h, w, pad_multiple(meta))
+    if top or bottom or left or right:
+        frames = np.pad(frames, ((0, 0), (top, bottom), (left, right), (0, 0)), mode="edge")
+    return frames, (top, left, h, w)
 
 
 def load_model(
@@ -173,6 +199,8 @@ def to_input(model: Model, frames: "torch.Tensor") -> "torch.Tensor":
 
 def pad_multiple(meta: dict) -> int:
     """Return the multiple a model's input sides are padded to: 32 for smp U-Nets, 2**depth for the custom one."""
+    if "pad_multiple" in meta:  # an exported model says it
+        return int(meta["pad_multiple"])
     if meta.get("encoder"):
         return MULTIPLE
     from lunar_cli.models.registry import CUSTOM_DEFAULTS

@@ -239,8 +239,8 @@ def evaluate_model(
     from lunar_cli.runtime import select_device
 
     data_dir = Path(data_dir)
+    names = splits_to_score(splits, data_dir)  # first: no data, no need to say which model would have been scored
     checkpoint = choose_checkpoint(target, runs_dir, progress)
-    names = splits_to_score(splits, data_dir)
     model = load_model(checkpoint, select_device(device), amp, channels_last)
     backbone = model.meta["backbone"]
     # "vgg11 run unet3" reads better than "vgg11" alone when runs of one backbone are compared.

@@ -35,10 +35,12 @@ def exported_meta(model: "Model") -> dict:
     from lunar_cli.engine import pad_multiple
     from lunar_cli.onnx_model import FORMAT
 
-    keep = ("backbone", "encoder", "model_kwargs", "classes", "frame_size", "crop_size", "calibration", "epoch",
-            "best_metric", "lunar_version")  # fmt: skip
+    keep = ("backbone", "encoder", "model_kwargs", "classes", "crop_size", "calibration", "epoch", "best_metric",
+            "lunar_version")  # fmt: skip
+    rule = model.frame_size  # also for checkpoints from before frame_size existed (squashed squares)
     return {
         "format": FORMAT, "format_version": 1, **{k: model.meta[k] for k in keep if k in model.meta},
+        "frame_size": {"scale": rule.scale, "square": rule.square},
         "pad_multiple": pad_multiple(model.meta), "normalization_in_graph": model.meta["normalization"],
         "input": "uint8 RGB (N, H, W, 3); H and W multiples of pad_multiple; frames at frame_size of the photo",
         "output": "float32 logits (N, C, H, W); probabilities: softmax(logits / calibration.temperature)",

@@ -38,13 +38,10 @@ class OnnxModel(Described):
         Frames are centred in the next multiple of the model's padding multiple, edge
         pixels repeated, exactly as the PyTorch engine pads them; the logits are cropped back.
         """
-        from lunar_cli.engine import padding
+        from lunar_cli.engine import pad_frames
 
-        h, w = frames.shape[1:3]
-        top, bottom, left, right = padding(h, w, int(self.meta["pad_multiple"]))
-        if top or bottom or left or right:
-            frames = np.pad(frames, ((0, 0), (top, bottom), (left, right), (0, 0)), mode="edge")
-        (out,) = self.session.run(None, {self.session.get_inputs()[0].name: np.ascontiguousarray(frames)})
+        padded, (top, left, h, w) = pad_frames(frames, self.meta)
+        (out,) = self.session.run(None, {self.session.get_inputs()[0].name: np.ascontiguousarray(padded)})
         return out[:, :, top : top + h, left : left + w]
 
 

@@ -8,6 +8,13 @@ J = TypeVar("J")
 R = TypeVar("R")
 
 
+def cpu_cores() -> int:
+    """Return how many cores this process may run on (its affinity, not the machine's count)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def _init_worker() -> None:
     import cv2
 

@@ -111,24 +111,15 @@ def finish_photo(
     full = [upsample(p, height, width) for p in passes]
     if len(full) == 1 and not (probs or uncertainty):
         return PhotoPrediction(class_map(full[0]), None, None, None)
-    temperature = float(meta.get("calibration", {}).get("temperature") or 1.0)
+    from lunar_cli.engine import temperature_of
+
+    temperature = temperature_of(meta)
     each = [softmax(logits, temperature) for logits in full]
     mean = each[0] if len(each) == 1 else sum(each) / len(each)
     # The model's own uncertainty is the plain pass's: the out-of-distribution threshold was set on it.
     unsure = entropy(each[0]) if uncertainty else None
     spread = entropy(mean) - sum(entropy(p) for p in each) / len(each) if uncertainty and len(each) > 1 else None
     return PhotoPrediction(class_map(mean), mean if probs else None, unsure, spread)
-
-
-def predict_photos(
-    model: RunsOnFrames, photos: list[np.ndarray], *, tta: bool = False, probs: bool = False,
-    uncertainty: bool = False,
-) -> list[PhotoPrediction]:  # fmt: skip
-    """Return one PhotoPrediction per photo; ``photos`` are uint8 RGB (H, W, 3) arrays of one size."""
-    height, width = photos[0].shape[:2]
-    passes = model_passes(model, model_scale_frames(model.meta, photos), tta)
-    return [finish_photo(model.meta, [p[i] for p in passes], height, width, probs=probs, uncertainty=uncertainty)
-            for i in range(len(photos))]  # fmt: skip
 
 
 def tile_starts(length: int, window: int, overlap: float) -> list[int]:

@@ -44,7 +44,7 @@ def _make_plan(inputs, output, model, runs_dir, fmt, extras) -> dict[str, Any]:
             raise LunarError(problems[0]["reason"] + ("" if len(problems) == 1 else f" (and {len(problems) - 1} more)"))
         raise LunarError(f"no images found in {' '.join(inputs)}: give image files, folders or patterns")
     plan = plan_outputs(paths, output, fmt, extras)
-    model_path, how = find_model(model, runs_dir, onnx_ok=True)
+    model_path, how = find_model(model, runs_dir)
     return {"inputs": [str(p) for p in paths], "targets": plan, "problems": problems,
             "model": str(model_path), "how": how}  # fmt: skip
 
@@ -84,13 +84,13 @@ def run_predict(
 
     if options.tta and options.tile:
         raise LunarError("--tta with --tile: tiles are already blended from overlapping windows; choose one")
-    dist = Dist()  # one process: nothing to set up, and no torch import for an ONNX model
+    dist, where = Dist(), device  # one process: nothing to set up, and no torch import for an ONNX model
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if Path(str(model)).suffix.lower() == ".onnx":
             raise LunarError(f"{model}: an ONNX model runs in one process; run lunar predict without torchrun")
         from lunar_cli.runtime import setup_distributed
 
-        dist, _ = setup_distributed(device)
+        dist, where = setup_distributed(device)  # this rank's own GPU
     extras = [name for name, on in (("hazard", options.hazard), ("uncertainty", options.uncertainty)) if on]
     try:
         plan = _shared_plan(dist, lambda: _make_plan(inputs, output, model, runs_dir, options.format, extras))
@@ -101,7 +101,7 @@ def run_predict(
             raise LunarError(f"{plan['problems'][0]['reason']} (--strict: nothing predicted)")
         for problem in plan["problems"] if dist.is_main else []:
             warn(problem["reason"])
-        loaded = load_any(Path(plan["model"]), device, amp, channels_last)
+        loaded = load_any(Path(plan["model"]), where, amp, channels_last)
         if options.uncertainty and "ood_threshold" not in loaded.meta.get("calibration", {}):
             raise LunarError(
                 f"{plan['model']}: no calibration in this model (trained or exported by an older lunar); "
@@ -205,9 +205,10 @@ def _predict_share(
 
     import cv2
 
+    from lunar_cli.parallel import cpu_cores
     from lunar_cli.photos import model_passes, tiled_logits
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = cpu_cores()
     failed: list[dict[str, Any]] = []
     said: set[str] = set()
     writes = []

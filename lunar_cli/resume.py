@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping
 
-from lunar_cli.config import ON_RESUME, RESUME_SECTIONS, Config, as_dict, load_config
-from lunar_cli.config_tree import flatten, nest
+from lunar_cli.config import ON_RESUME, RESUME_SECTIONS, Config, load_config
+from lunar_cli.config_tree import as_plain, flatten, nest
 from lunar_cli.console import LunarError, info, warn
 
 
@@ -47,7 +47,7 @@ def saved_config(ckpt: dict) -> dict[str, Any]:
 
 
 def _relevant(cfg: Config) -> dict[str, Any]:
-    return {k: v for k, v in flatten(as_dict(cfg)).items() if k.startswith(RESUME_SECTIONS)}
+    return {k: v for k, v in flatten(as_plain(cfg)).items() if k.startswith(RESUME_SECTIONS)}
 
 
 def _same(key: str, old: Any, new: Any) -> bool:

@@ -167,8 +167,10 @@ def setup_distributed(device_name: str = "auto") -> tuple[Dist, "torch.device"]:
     )
     device = select_device(device_name, dist.local_rank)
     if device.type == "cpu":
+        from lunar_cli.parallel import cpu_cores
+
         local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = cpu_cores()
         torch.set_num_threads(max(1, cores // max(1, local)))
     if dist.enabled:
         import torch.distributed as tdist

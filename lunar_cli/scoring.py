@@ -66,7 +66,7 @@ def score_frames(
 
     from lunar_cli.calibration import CalibrationBins, mean_uncertainty
     from lunar_cli.console import track
-    from lunar_cli.engine import frame_logits
+    from lunar_cli.engine import frame_logits, temperature_of
     from lunar_cli.metrics import (
         confusion_matrix,
         image_matrices,
@@ -75,7 +75,7 @@ def score_frames(
     )
 
     model.net.eval()
-    temperature = float(model.meta.get("calibration", {}).get("temperature") or 1.0)
+    temperature = temperature_of(model.meta)
     zeros = lambda: torch.zeros((NUM_CLASSES, NUM_CLASSES), dtype=torch.int64, device=model.device)  # noqa: E731
     matrix, tta_matrix, bins = zeros(), zeros(), CalibrationBins()
     per_image: list[torch.Tensor] = []

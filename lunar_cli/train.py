@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from lunar_cli.classes import CLASS_NAMES
-from lunar_cli.config import Config, as_dict
+from lunar_cli.config import Config
+from lunar_cli.config_tree import as_plain
 from lunar_cli.console import LunarError, info, warn
 from lunar_cli.runtime import Dist
 
@@ -68,7 +69,9 @@ def configure_torch(cfg: Config, device: "torch.device") -> None:
 
     torch.manual_seed(cfg.seed)
     if cfg.train.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=False)
+        # On CUDA a few kernels we use (2-D NLL loss, weighted bincount) have no deterministic
+        # version: warn instead of failing the first step there.
+        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
         if device.type == "cuda":
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.backends.cudnn.benchmark = False
@@ -155,7 +158,9 @@ def restore(run: Run, ckpt: dict) -> TrainState:
         run.scheduler.load_state_dict(saved["scheduler"])
     if run.scaler is not None and saved.get("scaler") is not None:
         run.scaler.load_state_dict(saved["scaler"])
-    set_hyperparameters(run.optimizer, run.scheduler, run.cfg.train)
+    asked_before = saved["config"].get("train", {})
+    if any(asked_before.get(k) != getattr(run.cfg.train, k) for k in ("lr", "momentum", "weight_decay")):
+        set_hyperparameters(run.optimizer, run.scheduler, run.cfg.train)  # only what the user changed on resume
     set_rng_state(saved["rng"])
     before, asked = saved.get("precision"), saved["config"]
     same_request = (asked.get("amp"), asked.get("channels_last")) == (run.cfg.amp, run.cfg.channels_last)
@@ -173,7 +178,8 @@ def train_one_epoch(
     import torch
 
     model.train()
-    total = torch.zeros((), dtype=torch.float64, device=loader.device)
+    # float64 sums exactly over an epoch; MPS has no float64.
+    total = torch.zeros((), dtype=torch.float32 if loader.device.type == "mps" else torch.float64, device=loader.device)
     seen = 0
     start = time.perf_counter()
     for step, (images, masks) in enumerate(loader, start=1):
@@ -225,7 +231,7 @@ def run_epoch(run: Run, epoch: int, bar: "EpochProgress") -> dict:
             per_step,
         )  # fmt: skip
     if run.dist.enabled:
-        totals = all_reduce_sum(torch.tensor([train_loss * seen, seen], dtype=torch.float64), run.dist)
+        totals = all_reduce_sum(torch.tensor([train_loss * seen, seen], dtype=torch.float64, device=run.device), run.dist)
         train_loss, seen = float(totals[0] / totals[1]), int(totals[1])
     val_loss, summary = validate(run)
     if run.scheduler is not None and per_step is None:
@@ -262,7 +268,7 @@ def save_last(run: Run, state: TrainState) -> None:
 
 def _saved_config(cfg: Config) -> dict:
     """Return the config as a resumed run reads it back (data_dir absolute, so any folder can resume it)."""
-    saved = as_dict(cfg)
+    saved = as_plain(cfg)
     saved["data_dir"] = str(Path(cfg.data_dir).resolve())
     return saved
 

@@ -10,10 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lunar_cli.classes import encode_mask, write_png_atomic
+from lunar_cli.classes import IGNORE_INDEX, encode_mask, write_png_atomic
 from lunar_cli.console import LunarError
 from lunar_cli.data import cache
-from lunar_cli.classes import IGNORE_INDEX
 from lunar_cli.data.cache import FrameSize, build_or_load_cache, cache_key
 
 SIZE = FrameSize(scale=0.5)  # the files are 48x64: the model's frames 24x32

@@ -11,6 +11,7 @@ import torch
 
 from lunar_cli import __version__
 from lunar_cli.console import LunarError
+from lunar_cli.data.cache import FrameSize
 from lunar_cli.models.checkpoint import (
     FORMAT_VERSION,
     build_from_checkpoint,
@@ -18,7 +19,6 @@ from lunar_cli.models.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from lunar_cli.data.cache import FrameSize
 from lunar_cli.models.registry import build_model, normalization
 
 TINY = {"base_width": 4, "depth": 2}

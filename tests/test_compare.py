@@ -67,10 +67,12 @@ def test_a_second_compare_reuses_eval_json(setup, tmp_path, capsys):
     assert not (tmp_path / "b" / "predictions.png").exists()  # n_images=0
 
 
-def test_compare_without_runs_or_with_a_wrong_run_is_an_error(setup, tmp_path):
+def test_compare_without_runs_compares_the_builtin_model_and_a_wrong_run_is_an_error(setup, tmp_path):
     data_dir, runs_dir = setup
-    with pytest.raises(LunarError, match=r"no trained runs under .*train: run lunar train"):
-        compare_runs(None, runs_dir=tmp_path / "empty", data_dir=data_dir, device="cpu", progress=False)
+    result = compare_runs(None, runs_dir=tmp_path / "empty", data_dir=data_dir, out_dir=tmp_path / "out", device="cpu",
+                          n_images=1, progress=False)  # fmt: skip
+    assert [row["run"] for row in result["rows"]] == ["builtin"]
+    assert (tmp_path / "empty" / "builtin" / "eval.json").is_file()  # results beside a copy, not in the package
     with pytest.raises(LunarError, match="not a run folder with best.pt") as exc:
         compare_runs(["gamma"], runs_dir=runs_dir, data_dir=data_dir, device="cpu", progress=False)
     assert "\n" not in str(exc.value)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from lunar_cli.classes import IGNORE_INDEX
+from lunar_cli.classes import IGNORE_INDEX, read_image_rgb, read_mask
 from lunar_cli.config import AugmentConfig
 from lunar_cli.console import LunarError
 from lunar_cli.data.augment import blur, color_jitter_, jpeg_like
@@ -268,3 +268,42 @@ def test_augmentation_values_are_checked_once_in_the_config():
         load_config(None, {"data.augment.hflip": 1.5})
     with pytest.raises(LunarError, match="data.zoom"):
         load_config(None, {"data.zoom": [2.0, 1.0]})
+
+
+def test_the_seed_recipe_feeds_the_study_pipeline(tmp_path):
+    """--recipe seed: the study's settings, and its batches are whole frames squashed to 256x256 as before."""
+    import cv2
+
+    from lunar_cli.classes import encode_mask, write_png_atomic
+    from lunar_cli.config import load_config
+    from lunar_cli.data.cache import build_or_load_cache
+    from lunar_cli.data.loaders import crop_side, frame_size
+
+    cfg = load_config(None, {"train.recipe": "seed"})
+    d, t = cfg.data, cfg.train
+    assert (d.image_size, crop_side(d), d.zoom, d.augment.hflip, d.augment.vflip, d.augment.jitter_p) == (
+        256, 256, [1.0, 1.0], 0.2, 0.2, 0.5)  # fmt: skip
+    assert (d.augment.hue, d.augment.photometric_p) == (0.05, 0.0)
+    assert (t.loss, t.optimizer, t.lr, t.scheduler, t.warmup, t.width, t.depth) == ("ce", "auto", None, "none", 0.0, 8, 3)
+    from lunar_cli.recipe import learning_rate, optimizer_kind
+
+    assert (optimizer_kind(t), learning_rate(t)) == ("adam", 1e-3)
+    t.backbone = "vgg11"
+    assert (optimizer_kind(t), learning_rate(t)) == ("sgd", 1e-2)
+
+    rng = np.random.default_rng(0)
+    pairs = []
+    for i in range(3):
+        image = rng.integers(0, 256, (300, 420, 3), dtype=np.uint8)
+        mask = rng.integers(0, 4, (300, 420), dtype=np.uint8)
+        pairs.append((tmp_path / f"r{i}.png", tmp_path / f"m{i}.png"))
+        write_png_atomic(pairs[-1][0], image)
+        write_png_atomic(pairs[-1][1], encode_mask(mask))
+    split = build_or_load_cache(pairs, frame_size(d), tmp_path / "cache", workers=0, progress=False)
+    x, m = next(iter(CropLoader(split, crop=crop_side(d), zoom=d.zoom, batch_size=3)))  # no augmentation: val-like
+    for i, (image_path, mask_path) in enumerate(pairs):
+        image = read_image_rgb(image_path)
+        expected = cv2.resize(image, (256, 256), interpolation=cv2.INTER_AREA)
+        assert torch.equal(torch.round(x[i] * 255).permute(1, 2, 0).to(torch.uint8), torch.from_numpy(expected))
+        truth = cv2.resize(read_mask(mask_path)[0], (256, 256), interpolation=cv2.INTER_NEAREST)
+        assert torch.equal(m[i], torch.from_numpy(truth).long())

@@ -14,8 +14,15 @@ import pytest
 import torch
 
 from lunar_cli.classes import read_image_rgb
-from lunar_cli.console import LunarError
 from tests.test_predict import REPO, make_photos, predict, save_model
+
+
+def predict_one(model, photo: np.ndarray, **options):
+    """Return what predict's own steps make of one photo: scale it, run the passes, finish the maps."""
+    from lunar_cli.photos import finish_photo, model_passes, model_scale_frames
+
+    passes = model_passes(model, model_scale_frames(model.meta, [photo]), options.pop("tta", False))
+    return finish_photo(model.meta, [p[0] for p in passes], *photo.shape[:2], **options)
 
 
 def calibrated(path: Path, temperature: float = 1.0, threshold: float = 0.5) -> Path:
@@ -70,7 +77,6 @@ def test_smp_frames_of_any_size_are_padded_and_cropped_back(tmp_path):
 
 def test_pipelined_prediction_writes_what_a_plain_loop_writes(native, tmp_path):
     from lunar_cli.engine import load_any
-    from lunar_cli.photos import predict_photos
     from lunar_cli.predict_files import plan_outputs, write_outputs
 
     photos = make_photos(tmp_path / "in", 7, size=(48, 64)) + make_photos(tmp_path / "in", 3, size=(40, 56), name="odd")
@@ -80,7 +86,7 @@ def test_pipelined_prediction_writes_what_a_plain_loop_writes(native, tmp_path):
     plan = plan_outputs(photos, tmp_path / "serial", "rgb", ["hazard", "uncertainty"])
     for photo_path, targets in zip(photos, plan):  # one photo at a time, nothing ahead or behind
         photo = read_image_rgb(photo_path)
-        (pred,) = predict_photos(model, [photo], uncertainty=True)
+        pred = predict_one(model, photo, uncertainty=True)
         write_outputs(targets, "rgb", photo, pred, model.class_names, 15)
     for record, targets in zip(result["records"], plan):
         assert [Path(f).name for f in record["output"]] == [Path(f).name for f in targets.values() if f]
@@ -100,14 +106,13 @@ def symmetric_copy(path: Path, tmp_path: Path) -> Path:
 
 def test_tta_changes_nothing_for_a_flip_symmetric_model_and_something_otherwise(native, tmp_path):
     from lunar_cli.engine import load_any
-    from lunar_cli.photos import predict_photos
 
     photo = read_image_rgb(make_photos(tmp_path / "in", 1, size=(48, 64), seed=3)[0])
     mirror = load_any(symmetric_copy(native, tmp_path), "cpu", amp=False)
-    plain, tta = (predict_photos(mirror, [photo], tta=t, probs=True)[0] for t in (False, True))
+    plain, tta = (predict_one(mirror, photo, tta=t, probs=True) for t in (False, True))
     assert np.allclose(plain.probs, tta.probs, atol=1e-5) and np.array_equal(plain.classes, tta.classes)
     model = load_any(native, "cpu", amp=False)
-    plain, tta = (predict_photos(model, [photo], tta=t, probs=True)[0] for t in (False, True))
+    plain, tta = (predict_one(model, photo, tta=t, probs=True) for t in (False, True))
     assert not np.allclose(plain.probs, tta.probs, atol=1e-3)
 
 

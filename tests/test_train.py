@@ -166,3 +166,14 @@ def test_two_process_ddp_on_gloo(data_dir, tmp_path):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["epochs_run"] == 2
     assert len(history(run_dir)) == 2
+
+
+def test_crops_larger_than_the_frames_are_refused_in_one_line(cli, data_dir, tmp_path):
+    base = ["train", "--data-dir", data_dir, "--runs-dir", tmp_path, "--epochs", "1", "--device", "cpu"]
+    result = cli(*base, "--crop-size", "96")  # the frames are 64x64 (the caches are built first, and kept)
+    errors = [line for line in result.err.splitlines() if line.startswith("error:")]
+    assert result.code == 1 and len(errors) == 1 and result.err.splitlines()[-1] == errors[0]
+    assert "data.crop_size 96 is larger than the frames at scale 1 (64x64): use --crop-size 64 or less" in result.err
+    result = cli(*base, "--crop-size", "32", "--scale", "0.25")  # 16x16 frames: no crop fits
+    assert result.code == 1 and "smaller than the smallest crop (32 pixels): use a larger --scale" in result.err
+    assert not list((tmp_path / "train").glob("*/best.pt"))

@@ -46,6 +46,17 @@ SplitName = _choices("SplitName", options.SplitName)
 OutputFormat = _choices("OutputFormat", options.OutputFormat)
 
 
+def flags_of(values: dict[str, Any], *keys: str, **renamed: str) -> dict[str, Any]:
+    """Return {config key: flag value} from a command's ``locals()``.
+
+    Each of ``keys`` comes from the parameter named like its last part (``train.lr`` from
+    ``lr``); ``renamed`` maps the other parameters to their keys (``compile_model="train.compile"``).
+    """
+    flags = {key: values[key.rsplit(".", 1)[-1]] for key in keys}
+    flags.update({key: values[name] for name, key in renamed.items()})
+    return flags
+
+
 def default_of(dotted: str) -> str:
     """Return the built-in default of a config key, for help texts."""
     node: Any = _DEFAULTS

@@ -29,6 +29,7 @@ from lunar_cli.cli.app import (
     WorkersOpt,
     app,
     default_of,
+    flags_of,
     report,
 )
 from lunar_cli.config import load_config
@@ -68,7 +69,9 @@ def train(
         Optional[str], typer.Option(help="Cross-entropy class weights: auto (inverse frequency) or 4 numbers a,b,c,d.")
     ] = None,
     optimizer: Annotated[Optional[Optim], typer.Option(help=f"Optimiser. {default_of('train.optimizer')}")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate (default: 1e-3 adam, 1e-2 sgd).")] = None,
+    lr: Annotated[
+        Optional[float], typer.Option(help="Learning rate. [default: 3e-3 adamw on custom, 1e-3 adam(w), 1e-2 sgd]")
+    ] = None,
     scheduler: Annotated[Optional[Schedule], typer.Option(help=f"LR schedule. {default_of('train.scheduler')}")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run folder name under runs/train (default: the backbone).")] = None,
     exist_ok: Annotated[Optional[bool], typer.Option("--exist-ok", help="Reuse runs/train/NAME if it exists.")] = None,
@@ -95,37 +98,14 @@ def train(
     from lunar_cli.resume import load_train_config
     from lunar_cli.train import train as run_train
 
-    flags = {
-        "train.backbone": backbone,
-        "train.encoder_weights": encoder_weights,
-        "train.init": init,
-        "train.width": width,
-        "train.depth": depth,
-        "train.epochs": epochs,
-        "train.batch_size": batch_size,
-        "train.recipe": recipe,
-        "data.scale": scale,
-        "data.crop_size": crop_size,
-        "data.image_size": image_size,
-        "data.limit": limit,
-        "data.workers": workers,
-        "train.patience": patience,
-        "train.loss": loss,
-        "train.class_weights": parse_class_weights(class_weights),
-        "train.optimizer": optimizer,
-        "train.lr": lr,
-        "train.scheduler": scheduler,
-        "train.name": name,
-        "train.exist_ok": exist_ok,
-        "amp": amp,
-        "channels_last": channels_last,
-        "train.compile": compile_model,
-        "train.deterministic": deterministic,
-        "seed": seed,
-        "device": device,
-        "data_dir": data_dir,
-        "runs_dir": runs_dir,
-    }
+    flags = flags_of(
+        locals(), "train.backbone", "train.encoder_weights", "train.init", "train.width", "train.depth",
+        "train.epochs", "train.batch_size", "train.recipe", "data.scale", "data.crop_size", "data.image_size",
+        "data.limit", "data.workers", "train.patience", "train.loss", "train.optimizer", "train.lr",
+        "train.scheduler", "train.name", "train.exist_ok", "amp", "channels_last", "train.deterministic", "seed",
+        "device", "data_dir", "runs_dir", compile_model="train.compile",
+    )  # fmt: skip
+    flags["train.class_weights"] = parse_class_weights(class_weights)
     cfg, changes = load_train_config(config, flags, resume)
     result = run_train(cfg, resume=resume, changes=changes, progress=not json_out)
     report(result, json_out, "train")
@@ -174,7 +154,7 @@ def evaluate(
         target, runs_dir=cfg.runs_dir, data_dir=cfg.data_dir, splits=cfg.evaluate.splits, batch_size=cfg.evaluate.batch_size,
         tta=cfg.evaluate.tta,
         device=cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, limit=cfg.data.limit,
-        workers=cfg.data.workers, grid=cfg.evaluate.grid,
+        workers=cfg.data.workers, skip_bad=cfg.data.skip_bad, grid=cfg.evaluate.grid,
         progress=not json_out,
     )  # fmt: skip
     report(result, json_out, "evaluate")
@@ -186,8 +166,8 @@ def predict(
         list[str], typer.Argument(help="Images, folders, globs, or - to read paths from stdin.", show_default=False)
     ],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="Output file (one input) or folder. [default: runs/predict]")
-    ] = Path("runs/predict"),
+        Optional[Path], typer.Option("--output", "-o", help="Output file (one input) or folder. [default: <runs-dir>/predict]")
+    ] = None,
     model: Annotated[
         Optional[Path],
         typer.Option("--model", "-m", help="Checkpoint, run folder or exported .onnx (default: newest best.pt under runs/)."),
@@ -236,7 +216,7 @@ def predict(
         },
     )
     result = run_predict(
-        inputs, output=output, model=model, runs_dir=cfg.runs_dir, options=cfg.predict, device=cfg.device,
+        inputs, output=output or cfg.runs_dir / "predict", model=model, runs_dir=cfg.runs_dir, options=cfg.predict, device=cfg.device,
         amp=cfg.amp, channels_last=cfg.channels_last, progress=not json_out,
     )  # fmt: skip
     report(result, json_out, "predict")

@@ -35,6 +35,18 @@ GAMMA, GAMMA_V, CAST, CAST_V, VIGNETTE, VIGNETTE_V, VIGNETTE_X, VIGNETTE_Y = 10,
 BLUR, BLUR_V, NOISE, NOISE_V, JPEG, JPEG_V, NOISE_SEED, _SPARE = 18, 19, 20, 21, 22, 23, 24, 25
 
 
+def to_device(values: "torch.Tensor", like: "torch.Tensor", dtype: "torch.dtype | None" = None) -> "torch.Tensor":
+    """Return a small CPU tensor (per-sample factors, indices) on ``like``'s device.
+
+    On a GPU the copy goes through pinned memory without blocking, so the batch's draws
+    never make the host wait for the work already queued on the device.
+    """
+    values = values.to(dtype=dtype) if dtype is not None else values
+    if like.device.type != "cuda":
+        return values.to(like.device)
+    return values.pin_memory().to(like.device, non_blocking=True)
+
+
 def draws(n: int, generator: "torch.Generator") -> "torch.Tensor":
     """Return the (n, DRAWS) uniforms of one batch from the CPU ``generator``."""
     import torch
@@ -86,7 +98,7 @@ def crop_batch(
     import torch.nn.functional as F
 
     b = images.shape[0]
-    grid = F.affine_grid(theta.to(images.device, torch.float32), [b, 1, crop, crop], align_corners=False)
+    grid = F.affine_grid(to_device(theta, images, torch.float32), [b, 1, crop, crop], align_corners=False)
     x = images.permute(0, 3, 1, 2).float()
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False).div_(255.0)
     # Masks are sampled shifted by one so that "outside the frame" (zero padding) becomes -1, then ignored.
@@ -105,7 +117,7 @@ def _chosen(u: "torch.Tensor", column: int, p: float, strength: float) -> "torch
 
 
 def _per_sample(values: "torch.Tensor", like: "torch.Tensor") -> "torch.Tensor":
-    return values.to(device=like.device, dtype=like.dtype).view(-1, 1, 1, 1)
+    return to_device(values, like, like.dtype).view(-1, 1, 1, 1)
 
 
 def _gaussian_kernels(sigma: "torch.Tensor", radius: int) -> "torch.Tensor":
@@ -123,7 +135,7 @@ def blur(x: "torch.Tensor", sigma: "torch.Tensor") -> "torch.Tensor":
 
     b, c, h, w = x.shape
     radius = max(1, math.ceil(3 * float(sigma.max())))
-    k = _gaussian_kernels(sigma.to(x.device, x.dtype), radius).repeat_interleave(c, dim=0)  # (B*C, taps)
+    k = _gaussian_kernels(to_device(sigma, x, x.dtype), radius).repeat_interleave(c, dim=0)  # (B*C, taps)
     flat = x.reshape(1, b * c, h, w)
     flat = F.conv2d(F.pad(flat, (radius, radius, 0, 0), mode="reflect"), k.view(b * c, 1, 1, -1), groups=b * c)
     flat = F.conv2d(F.pad(flat, (0, 0, radius, radius), mode="reflect"), k.view(b * c, 1, -1, 1), groups=b * c)
@@ -151,7 +163,7 @@ def jpeg_like(x: "torch.Tensor", quality: "torch.Tensor") -> "torch.Tensor":
     n = torch.arange(8, dtype=x.dtype, device=x.device)
     dct = torch.cos((2 * n.view(1, -1) + 1) * n.view(-1, 1) * math.pi / 16) * math.sqrt(2 / 8)
     dct[0] /= math.sqrt(2)
-    q = quality.to(x.device, x.dtype).clamp(1, 100)
+    q = to_device(quality, x, x.dtype).clamp(1, 100)
     scale = torch.where(q < 50, 5000 / q, 200 - 2 * q) / 100
     table = torch.tensor(_JPEG_TABLE, dtype=x.dtype, device=x.device).view(1, 8, 8)
     step = (table * scale.view(-1, 1, 1)).floor().clamp(min=1).view(b, 1, 1, 1, 8, 8)
@@ -208,7 +220,7 @@ def color_jitter_(
         return img
 
     def per_sample(x: "torch.Tensor") -> "torch.Tensor":
-        return x.to(device=img.device, dtype=img.dtype).view(-1, 1, 1, 1)
+        return to_device(x, img, img.dtype).view(-1, 1, 1, 1)
 
     img.mul_(per_sample(brightness)).clamp_(0.0, 1.0)
     c = per_sample(contrast)
@@ -219,7 +231,7 @@ def color_jitter_(
     img.mul_(s).add_(gray).clamp_(0.0, 1.0)
     if not bool((hue != 0).any()):  # the hue turn is the costliest step: skip it when it does nothing
         return img
-    return _shift_hue(img, hue.to(device=img.device, dtype=img.dtype))
+    return _shift_hue(img, to_device(hue, img, img.dtype))
 
 
 def photometric_(x: "torch.Tensor", u: "torch.Tensor", p: "AugmentConfig") -> "torch.Tensor":
@@ -229,11 +241,9 @@ def photometric_(x: "torch.Tensor", u: "torch.Tensor", p: "AugmentConfig") -> "t
     """
     import torch
 
-    dev = x.device
-
     def apply(rows: "torch.Tensor", fn) -> None:
         if len(rows):
-            on_dev = rows.to(dev)
+            on_dev = to_device(rows, x)
             x[on_dev] = fn(x[on_dev], rows).clamp_(0.0, 1.0)  # indexing gathers a copy: safe to modify
 
     def signed(rows, column):  # uniform in [-1, 1)
@@ -248,7 +258,7 @@ def photometric_(x: "torch.Tensor", u: "torch.Tensor", p: "AugmentConfig") -> "t
     # Warm or cool cast: red and blue gains move opposite ways.
     gains = lambda r: torch.stack([1 + signed(r, CAST_V) * p.color_cast, torch.ones(len(r), dtype=u.dtype),  # noqa: E731
                                    1 - signed(r, CAST_V) * p.color_cast], dim=1)  # fmt: skip
-    apply(_chosen(u, CAST, chance, p.color_cast), lambda y, r: y * gains(r).to(dev, y.dtype).view(-1, 3, 1, 1))
+    apply(_chosen(u, CAST, chance, p.color_cast), lambda y, r: y * to_device(gains(r), y, y.dtype).view(-1, 3, 1, 1))
     gamma = lambda r: torch.exp(signed(r, GAMMA_V) * math.log1p(p.gamma))  # noqa: E731
     apply(_chosen(u, GAMMA, chance, p.gamma), lambda y, r: y.clamp_(min=1e-6).pow_(_per_sample(gamma(r), y)))
     apply(_chosen(u, VIGNETTE, chance, p.vignette), lambda y, r: y * _vignette(y, r, u, p.vignette))

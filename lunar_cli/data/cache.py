@@ -1,19 +1,14 @@
 """Decode every image and mask once into uint8 arrays at the model's scale, kept on disk.
 
 Decoding a 720x480 PNG costs milliseconds on one core; a GPU trains hundreds of crops a
-second. So each split is decoded once into
-
-    <cache_root>/<key>/images.npy       (N, h, w, 3) uint8 RGB at the model's size
-    <cache_root>/<key>/masks.npy        (N, h, w) uint8 class indices at the model's size
-    <cache_root>/<key>/full_masks.npy   (N, H, W) the masks as drawn (only when h, w != H, W)
-    <cache_root>/<key>/sizes.npy        (N, 4) int32: h, w, H, W of each frame
-    <cache_root>/<key>/meta.json        written last: its presence marks the cache valid
-
-and later runs memory-map the arrays. The model's size is the frame's own size times
-``scale`` (aspect kept), or a fixed square (the study's squashed 256x256). Training
-crops come from ``images``/``masks``; scores are computed against ``full_masks``, the
-labels at their own resolution. Frames of different sizes share one canvas: the unused
-part of a mask holds IGNORE_INDEX (255), which no loss or score counts.
+second. So each split is decoded once into ``<cache_root>/<key>/``: ``images.npy`` (N, h,
+w, 3) and ``masks.npy`` (N, h, w) at the model's size, ``full_masks.npy`` (N, H, W), the
+masks as drawn (only when h, w != H, W), ``sizes.npy`` (N, 4: h, w, H, W) and
+``meta.json``, written last: its presence marks the cache valid. Later runs memory-map
+the arrays. The model's size is the frame's own size times ``scale`` (aspect kept), or a
+fixed square (the study's squashed 256x256). Training crops come from ``images``/``masks``;
+scores are computed against ``full_masks``. Frames of different sizes share one canvas:
+the unused part of a mask holds IGNORE_INDEX (255), which no loss or score counts.
 
 Disk cost at scale 1: 4 bytes a pixel (a 720x480 frame: 1.4 MB; the whole Kaggle set of
 9,766 renders: 13.5 GB). At scale 0.5 images and training masks take a quarter of that,
@@ -40,6 +35,7 @@ import numpy as np
 
 from lunar_cli.classes import IGNORE_INDEX, NUM_CLASSES
 from lunar_cli.console import LunarError, info, track, warn
+from lunar_cli.parallel import cpu_cores
 
 CACHE_FORMAT = 2  # bump when the layout or the decoding changes: old caches then rebuild
 
@@ -328,15 +324,9 @@ def _present_pairs(
 
 
 def build_or_load_cache(
-    pairs: list[tuple[Path, Path]],
-    size: FrameSize,
-    cache_root: Path,
-    *,
-    name: str = "train",
-    workers: int | None = None,
-    skip_bad: bool = False,
-    progress: bool = True,
-) -> CachedSplit:
+    pairs: list[tuple[Path, Path]], size: FrameSize, cache_root: Path, *, name: str = "train",
+    workers: int | None = None, skip_bad: bool = False, progress: bool = True,
+) -> CachedSplit:  # fmt: skip
     """Return split ``name`` as uint8 arrays at the model's ``size``, decoding the files only if no valid cache exists.
 
     ``pairs`` are (image, mask) paths of one split. ``workers`` processes decode in
@@ -363,7 +353,7 @@ def build_or_load_cache(
             return _checked(split, dropped, name, skip_bad, progress)
 
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = cpu_cores()
     workers = max(0, min(int(workers), len(present)))
     from lunar_cli.files import atomic_dir
 

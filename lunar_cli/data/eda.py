@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import os
 import re
 import time
 from collections import Counter
@@ -25,6 +24,7 @@ import numpy as np
 
 from lunar_cli.classes import CLASS_NAMES, NUM_CLASSES
 from lunar_cli.console import LunarError, info, track, warn
+from lunar_cli.parallel import cpu_cores
 
 SETS = ("rendered", "real")
 EXAMPLES = {"rendered": 3, "real": 2}  # rows of examples.png per set
@@ -101,7 +101,7 @@ def run_eda(
         raise LunarError(f"no usable image/mask pairs under {data_dir} ({bad} bad): run lunar fetch again")
 
     if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = cpu_cores()
     workers = max(0, min(int(workers), len(jobs)))
     totals = {s: SetTotals(HEATMAP_HW) for s in SETS}
     bad: list[str] = []

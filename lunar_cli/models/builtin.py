@@ -1,9 +1,11 @@
 """The trained model that ships inside lunar, so `lunar predict img.png -o mask.png` works right after install.
 
-It lives in ``lunar_cli/models/builtin/``: ``builtin.pt`` (a lunar checkpoint, fp16
-weights to keep the wheel small, rebuilt as fp32 when loaded) and ``builtin.onnx`` (its
-export, which ``lunar predict`` runs without importing torch). ``tools/make_builtin_model.py``
-makes both, and MODEL_CARD.md says what it was trained on and how well it does.
+It lives in ``lunar_cli/models/builtin/``: ``builtin.pt``, a lunar checkpoint with fp16
+weights (half the bytes; rebuilt as fp32 when loaded), and ``builtin.json``, the record of
+how it was made and scored. Its ONNX export (for torch-free prediction) is one command
+away, ``lunar export builtin -o builtin.onnx``: shipping it too would double what the model
+adds to the wheel. ``tools/make_builtin_model.py`` makes the files, and MODEL_CARD.md says
+what it was trained on and how well it does.
 """
 
 from __future__ import annotations
@@ -23,12 +25,6 @@ def builtin_checkpoint() -> Path:
     if not path.is_file():
         raise LunarError(f"{path}: the built-in model is missing from this installation; reinstall lunar")
     return path
-
-
-def builtin_onnx() -> Path | None:
-    """Return the path of the built-in model's ONNX export, or None when it is not shipped."""
-    path = FOLDER / "builtin.onnx"
-    return path if path.is_file() else None
 
 
 def builtin_run(runs_dir: Path) -> Path:
