@@ -68,7 +68,7 @@ def _shared_plan(dist, make) -> dict[str, Any]:
 
 
 def run_predict(
-    inputs: list[str], *, output: Path, model: Path | None, runs_dir: Path, options: "PredictConfig",
+    inputs: list[str], *, output: Path | None, model: Path | None, runs_dir: Path, options: "PredictConfig",
     device: str = "auto", amp: bool | None = None, channels_last: bool | None = None, progress: bool = True,
 ) -> dict:  # fmt: skip
     """Predict masks for the inputs; return {"model":..., "records": [...], "failed": [...], "written": n}.
@@ -77,11 +77,13 @@ def run_predict(
     uncertainty and out_of_distribution when asked). Files that cannot be read are warned
     about, skipped and listed in ``failed``; with ``options.strict`` the first one stops
     the batch with a LunarError (outputs already written stay). Under torchrun rank 0
-    returns every rank's records, in input order; other ranks return their own.
+    returns every rank's records, in input order; other ranks return their own. ``output``
+    None: ``runs_dir/predict``.
     """
     from lunar_cli.engine import load_any, said_model
     from lunar_cli.runtime import Dist, teardown_distributed
 
+    output = Path(output) if output is not None else Path(runs_dir) / "predict"
     if options.tta and options.tile:
         raise LunarError("--tta with --tile: tiles are already blended from overlapping windows; choose one")
     dist, where = Dist(), device  # one process: nothing to set up, and no torch import for an ONNX model

@@ -216,7 +216,7 @@ def predict(
         },
     )
     result = run_predict(
-        inputs, output=output or cfg.runs_dir / "predict", model=model, runs_dir=cfg.runs_dir, options=cfg.predict, device=cfg.device,
+        inputs, output=output, model=model, runs_dir=cfg.runs_dir, options=cfg.predict, device=cfg.device,
         amp=cfg.amp, channels_last=cfg.channels_last, progress=not json_out,
     )  # fmt: skip
     report(result, json_out, "predict")
