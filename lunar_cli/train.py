@@ -111,16 +111,17 @@ def build_run(cfg: Config, dist: Dist, device: "torch.device", run_dir: Path, fr
     backbone = friendly_name(t.backbone)
     norm = normalization(backbone)
     precision = choose_precision(device, cfg.amp, cfg.channels_last)
-    loaders = make_loaders(
-        cfg.data_dir, cfg.data, batch_size=t.batch_size, normalization=norm, device=device, seed=cfg.seed,
-        dist=dist, channels_last=precision.channels_last, progress=progress,
-    )  # fmt: skip
+    # The model first: a wrong --init or weights file is refused before any data is decoded.
     # A resumed or initialised run's weights come from a checkpoint: never download encoder weights for it.
     weights = None if not fresh or t.init or backbone == "custom" or t.encoder_weights == "none" else t.encoder_weights
     model_kwargs = {"base_width": t.width, "depth": t.depth} if backbone == "custom" else {}
     model = build_model(backbone, encoder_weights=weights, **model_kwargs)
     if fresh and t.init:
         load_initial_weights(model, t.init, backbone, model_kwargs, cfg.runs_dir)
+    loaders = make_loaders(
+        cfg.data_dir, cfg.data, batch_size=t.batch_size, normalization=norm, device=device, seed=cfg.seed,
+        dist=dist, channels_last=precision.channels_last, progress=progress,
+    )  # fmt: skip
     model = model.to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
