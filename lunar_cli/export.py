@@ -88,9 +88,10 @@ def _write_onnx(graph: "torch.nn.Module", meta: dict, multiple: int, tmp: Path) 
     hb, wb = torch.export.Dim("height_blocks", min=1, max=1024), torch.export.Dim("width_blocks", min=1, max=1024)
     # Batch 2: torch.export would fix a batch of 1; sides multiples of the padding, as the graph takes them.
     example = torch.from_numpy(np.zeros((2, 2 * multiple, 3 * multiple, 3), np.uint8))
-    torch.onnx.export(graph, (example,), str(tmp), dynamo=True, input_names=["images"], output_names=["logits"],
-                      dynamic_shapes={"images": {0: n, 1: multiple * hb, 2: multiple * wb}}, verbose=False)  # fmt: skip
-    proto = onnx.load(str(tmp))
+    # Exported in memory, then saved once with the metadata: no second file (weights as external data) beside it.
+    program = torch.onnx.export(graph, (example,), dynamo=True, input_names=["images"], output_names=["logits"],
+                                dynamic_shapes={"images": {0: n, 1: multiple * hb, 2: multiple * wb}}, verbose=False)  # fmt: skip
+    proto = program.model_proto
     entry = proto.metadata_props.add()
     entry.key, entry.value = "lunar", json.dumps(meta)
     onnx.save(proto, str(tmp))

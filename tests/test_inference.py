@@ -151,6 +151,7 @@ def exported(native, tmp_path_factory) -> tuple[Path, dict]:
 def test_export_round_trip_agrees_with_pytorch_and_carries_its_metadata(native, exported, tmp_path):
     out, result = exported
     assert result["class_agreement"] >= 0.999 and result["max_probability_difference"] < 1e-4
+    assert [p.name for p in out.parent.iterdir()] == ["model.onnx"]  # one self-contained file, nothing beside it
     from lunar_cli.onnx_model import load_onnx
 
     model = load_onnx(out)
