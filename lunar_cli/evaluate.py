@@ -38,27 +38,14 @@ DEFAULT_SPLITS = tuple(EvaluateConfig().splits)
 SPLIT_TITLES = {"train": "train (rendered)", "val": "val (rendered)", "test": "test (rendered)", "test_real": "real photos"}
 
 
-def resolve_checkpoint(target: Path) -> Path:
-    """Return the checkpoint to score: a run folder's ``best.pt``, or ``target`` itself if it is a file."""
-    target = Path(target)
-    if target.is_dir():
-        for candidate in (target / "best.pt", target / "weights" / "best.pt"):
-            if candidate.is_file():
-                return candidate
-        raise LunarError(f"{target}: no best.pt in this run folder; train it first (lunar train) or give a checkpoint file")
-    if not target.is_file():
-        raise LunarError(f"{target}: no such run folder or checkpoint; give a run folder (runs/train/NAME) or a .pt file")
-    return target
-
-
 def choose_checkpoint(target: Path | str | None, runs_dir: Path, say: bool) -> Path:
     """Return the checkpoint ``lunar evaluate`` scores (the built-in model's copy under runs_dir/builtin)."""
     from lunar_cli.engine import find_model, said_model
     from lunar_cli.models.builtin import builtin_run
 
-    if target is not None and str(target) != "builtin":
-        return resolve_checkpoint(Path(target))
     path, how = find_model(target, runs_dir)
+    if path.suffix.lower() == ".onnx":
+        raise LunarError(f"{path}: evaluate scores lunar checkpoints (.pt), not ONNX exports; give the run or .pt it was exported from")
     said = said_model(path, how, runs_dir)
     if said and say:
         info(said)

@@ -180,10 +180,12 @@ def test_bad_targets_are_one_line_errors(setup, tmp_path):
     data_dir, _ = setup
     (tmp_path / "empty_run").mkdir()
     (tmp_path / "notes.pt").write_text("not a model")
+    (tmp_path / "model.onnx").write_bytes(b"not onnx either")
     cases = [
         (tmp_path / "empty_run", "no best.pt"),
         (tmp_path / "notes.pt", "not a lunar checkpoint"),
-        (tmp_path / "missing", "no such run folder or checkpoint"),
+        (tmp_path / "missing", "no such model file"),
+        (tmp_path / "model.onnx", "not ONNX exports"),
     ]
     for target, message in cases:
         with pytest.raises(LunarError, match=message) as exc:
