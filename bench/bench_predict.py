@@ -1,25 +1,26 @@
 """Time `lunar predict` on this machine: folder throughput against its ceiling, one photo with ONNX vs PyTorch.
 
-Models: the default custom U-Net (width 16, depth 4) and an smp resnet18 U-Net, random
-weights (speed does not depend on them), saved as lunar checkpoints fed at scale 1; photos:
-generated 720x480 PNGs, predicted at their own size.
+Photos: generated 720x480 PNGs, predicted at their own size. Each table is its own section
+of bench/RESULTS.md (``--part`` measures one of them).
 
 (a) Folder throughput, images/s, per model and precision (fp32, and bf16 autocast where
-    the CPU runs it natively):
+    the CPU runs it natively), for the default custom U-Net (width 16, depth 4) and an smp
+    resnet18 U-Net with random weights (speed does not depend on them) fed at scale 1:
     forward      - the bare forward pass, batch 8, on tensors already decoded (no I/O);
     decode+encode- bare cv2 decode + palette colouring + PNG encode + write, spread over all
                    cores with a thread pool (no model);
     ceiling      - the slower of the two: what any pipeline could reach here;
     lunar        - lunar_cli.predict.run_predict in-process (after a warm-up), and with
                    --tta and --uncertainty for their cost.
-(b) One photo, whole process, seconds: `lunar predict one.png -o m.png --model m.onnx`
-    (ONNX Runtime, torch never imported) against the same with the PyTorch checkpoint;
-    the two masks are compared pixel by pixel.
+(b) One photo, whole process, seconds: `lunar predict one.png -o m.png --model builtin.onnx`
+    (ONNX Runtime, torch never imported) against the same with the built-in PyTorch
+    checkpoint, in its default precision and in fp32; the masks are compared pixel by pixel.
 
 Runs alternate (A B A B ...) after one warm-up each; medians, with min-max.
 
     .venv/bin/python bench/bench_predict.py            # print the tables
     .venv/bin/python bench/bench_predict.py --write    # also update bench/RESULTS.md
+    .venv/bin/python bench/bench_predict.py --part one-photo --write
 """
 
 from __future__ import annotations
@@ -155,34 +156,56 @@ def throughput(work: Path, photos: list[Path], rounds: int) -> list[str]:
 
 
 def one_photo(work: Path, photo: Path, rounds: int) -> list[str]:
-    """Return the markdown rows of table (b): whole-process latency, ONNX vs PyTorch, and mask agreement."""
+    """Return the markdown rows of table (b): whole-process latency, ONNX vs PyTorch, and mask agreement.
+
+    The model is the built-in one (trained weights: random ones put many pixels on near-ties
+    between classes, where any two precisions disagree), exported to ONNX first.
+    """
     import cv2
 
     from lunar_cli.export import export_model
+    from lunar_cli.models.builtin import builtin_checkpoint
 
-    ckpt = make_checkpoint(work / "one.pt", "custom")
-    onnx = Path(export_model(ckpt, work / "one.onnx")["output"])
+    ckpt = builtin_checkpoint()
+    onnx = Path(export_model(ckpt, work / "builtin.onnx")["output"])
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    runs = {"onnx": (onnx, []), "torch": (ckpt, []), "torch fp32": (ckpt, ["--no-amp"])}
 
-    def run(model: Path, out: Path) -> float:
+    def run(name: str) -> float:
+        model, extra = runs[name]
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "lunar_cli", "predict", str(photo), "-o", str(out), "--model", str(model),
-                        "--device", "cpu"], check=True, env=env, capture_output=True)  # fmt: skip
+        subprocess.run([sys.executable, "-m", "lunar_cli", "predict", str(photo), "-o", str(work / f"{name}.png"),
+                        "--model", str(model), "--device", "cpu", *extra], check=True, env=env, capture_output=True)  # fmt: skip
         return time.perf_counter() - start
 
-    times: dict[str, list[float]] = {"onnx": [], "torch": []}
-    run(onnx, work / "o.png"), run(ckpt, work / "t.png")  # warm-up: the page cache
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for name in runs:  # warm-up: the page cache
+        run(name)
     for _ in range(rounds):
-        times["onnx"].append(run(onnx, work / "o.png"))
-        times["torch"].append(run(ckpt, work / "t.png"))
-    same = float((cv2.imread(str(work / "o.png")) == cv2.imread(str(work / "t.png"))).all(axis=2).mean())
+        for name in runs:
+            times[name].append(run(name))
+    mask = {name: cv2.imread(str(work / f"{name}.png")) for name in runs}
+
+    def same(a: str, b: str) -> str:
+        return f"**{100 * float((mask[a] == mask[b]).all(axis=2).mean()):.3f}%**"
+
     speedup = statistics.median(times["torch"]) / statistics.median(times["onnx"])
     return [
-        f"| `lunar predict one.png -o m.png --model m.onnx` (ONNX Runtime) | {median_range(times['onnx'])} |",
-        f"| `lunar predict one.png -o m.png --model m.pt` (PyTorch, default precision) | {median_range(times['torch'])} |",
-        f"| ONNX speed-up | **{speedup:.1f}x** |",
-        f"| pixels with the same class in both masks | **{100 * same:.3f}%** |",
+        f"| `lunar predict one.png -o m.png --model builtin.onnx` (ONNX Runtime, fp32) | {median_range(times['onnx'])} |",
+        f"| `lunar predict one.png -o m.png --model builtin` (PyTorch, default precision: {precision_name()}) "
+        f"| {median_range(times['torch'])} |",
+        f"| the same with `--no-amp` (PyTorch, fp32) | {median_range(times['torch fp32'])} |",
+        f"| ONNX speed-up over the default PyTorch path | **{speedup:.1f}x** |",
+        f"| pixels with the same class: ONNX and PyTorch fp32 | {same('onnx', 'torch fp32')} |",
+        f"| pixels with the same class: ONNX and PyTorch default | {same('onnx', 'torch')} |",
     ]
+
+
+def precision_name() -> str:
+    """Return what PyTorch's default precision is on this CPU (bf16 autocast where native, else fp32)."""
+    from lunar_cli.runtime import cpu_bf16_support
+
+    return "bf16 autocast" if cpu_bf16_support() else "fp32"
 
 
 def machine() -> str:
@@ -202,40 +225,48 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--part", choices=("all", "folder", "one-photo"), default="all", help="which table(s) to measure")
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
     args = parser.parse_args()
+    sections = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        photos = make_photos(work / "photos", args.photos)
-        table_a = throughput(work, photos, args.rounds)
-        table_b = one_photo(work, photos[0], 2 * args.rounds + 1)
-    text = "\n".join([
-        f"## Prediction: lunar predict against the machine's ceiling ({date.today().isoformat()})",
-        "",
-        f"Machine: {machine()}. {args.photos} rendered 720x480 PNG photos predicted at their own size (scale 1), "
-        f"batch 8, random weights; medians of {args.rounds} alternating rounds (min-max). Command: "
-        "`python bench/bench_predict.py --write`.",
-        "",
-        "(a) Folder throughput, images/s",
-        "",
-        "| model | precision | bare forward | bare decode+encode (all cores) | ceiling | lunar predict | lunar / ceiling "
-        "| lunar --tta | lunar --uncertainty |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-        *table_a,
-        "",
-        "(b) One photo, whole process (start-up included), seconds, custom U-Net",
-        "",
-        "| what | seconds |",
-        "| --- | ---: |",
-        *table_b,
-        "",
-    ])  # fmt: skip
-    print(text)
-    if args.write:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from bench_results import update_section
+        photos = make_photos(work / "photos", args.photos if args.part != "one-photo" else 1)
+        if args.part in ("all", "folder"):
+            sections.append(("## Prediction: lunar predict against", "\n".join([
+                f"## Prediction: lunar predict against the machine's ceiling ({date.today().isoformat()})",
+                "",
+                f"Machine: {machine()}. {args.photos} rendered 720x480 PNG photos predicted at their own size "
+                f"(scale 1), batch 8, random weights (speed does not depend on them); medians of {args.rounds} "
+                "alternating rounds (min-max). Command: `python bench/bench_predict.py --part folder --write`.",
+                "",
+                "Folder throughput, images/s:",
+                "",
+                "| model | precision | bare forward | bare decode+encode (all cores) | ceiling | lunar predict "
+                "| lunar / ceiling | lunar --tta | lunar --uncertainty |",
+                "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+                *throughput(work, photos, args.rounds),
+            ])))
+        if args.part in ("all", "one-photo"):
+            rounds = 2 * args.rounds + 1
+            sections.append(("## Prediction: one photo", "\n".join([
+                f"## Prediction: one photo, ONNX Runtime against PyTorch ({date.today().isoformat()})",
+                "",
+                f"Machine: {machine()}. The built-in model (custom U-Net, width 16, depth 4) on one rendered 720x480 "
+                f"PNG, whole process (start-up included), seconds: medians of {rounds} alternating rounds (min-max). "
+                "Command: `python bench/bench_predict.py --part one-photo --write`.",
+                "",
+                "| what | seconds |",
+                "| --- | ---: |",
+                *one_photo(work, photos[0], rounds),
+            ])))  # fmt: skip
+    for heading, text in sections:
+        print(text + "\n")
+        if args.write:
+            sys.path.insert(0, str(Path(__file__).parent))
+            from bench_results import update_section
 
-        update_section(REPO / "bench" / "RESULTS.md", "## Prediction", text)
+            update_section(REPO / "bench" / "RESULTS.md", heading, text)
 
 
 if __name__ == "__main__":
