@@ -160,6 +160,9 @@ def no_hub(monkeypatch, tmp_path):
 def test_imagenet_without_network_is_a_clear_error(monkeypatch, no_hub, failure):
     import segmentation_models_pytorch.encoders as smp_encoders
 
+    from lunar_cli.models import registry
+
+    monkeypatch.setattr(registry, "_hub_unreachable", lambda: None)  # the hub answered; the download then fails
     calls = []
 
     def no_network(*args, **kwargs):
@@ -176,12 +179,19 @@ def test_imagenet_without_network_is_a_clear_error(monkeypatch, no_hub, failure)
 
 
 @pytest.mark.parametrize("backbone", ["vgg11", "mobilenet_v3_large"])
-def test_offline_imagenet_fails_fast_with_one_line(no_hub, backbone):
+def test_offline_imagenet_fails_fast_with_one_line(monkeypatch, no_hub, backbone):
     # The real hub code, offline: without the probe it retries with backoff for 20 s or more.
+    import segmentation_models_pytorch as smp
+
+    built = []
+    real_unet = smp.Unet
+    monkeypatch.setattr(smp, "Unet", lambda *args, **kwargs: built.append(1) or real_unet(*args, **kwargs))
     start = time.perf_counter()
     with pytest.raises(LunarError) as info:
         build_model(backbone, encoder_weights="imagenet")
     assert time.perf_counter() - start < 5
+    # smp's own encoders are known missing from the cache before the network is built; timm's are not.
+    assert built == ([] if backbone == "vgg11" else [1])
     message = str(info.value)
     assert message.startswith(f"could not download imagenet weights for {smp_encoder_name(backbone)}: http://127.0.0.1:")
     assert "unreachable: ConnectError, and they are not in the Hugging Face cache" in message

@@ -193,6 +193,9 @@ def _build_smp_unet(
                 )
             download = weights
     offline = _hub_unreachable() if download else None
+    if offline and isinstance(download, str) and not _in_hub_cache(smp.encoders.encoders[encoder]["pretrained_settings"][download]):
+        # Say so before building the network: a VGG's random init alone takes a second here.
+        raise LunarError(_no_weights_message(weights, encoder, offline))
     try:
         with _hub_offline(offline is not None):
             model = smp.Unet(
@@ -205,17 +208,28 @@ def _build_smp_unet(
         # RuntimeError covers a download that arrived broken.
         if download is None:
             raise
-        if offline:
-            why = f": {offline}, and they are not in the Hugging Face cache;"
-        else:
-            why = f" ({type(exc).__name__}): no network?"
-        raise LunarError(
-            f"could not download {weights} weights for {encoder}{why} "
-            "use --encoder-weights none or a local weights file (--encoder-weights PATH)"
-        ) from exc
+        raise LunarError(_no_weights_message(weights, encoder, offline or exc)) from exc
     if isinstance(weights, Path):
         load_encoder_weights(model.encoder, weights, encoder)
     return model
+
+
+def _no_weights_message(weights: str, encoder: str, why: str | BaseException) -> str:
+    """Return the one-line error for downloadable weights that could not be had (``why``: offline reason or the error)."""
+    if isinstance(why, str):
+        reason = f": {why}, and they are not in the Hugging Face cache;"
+    else:
+        reason = f" ({type(why).__name__}): no network?"
+    return (f"could not download {weights} weights for {encoder}{reason} "
+            "use --encoder-weights none or a local weights file (--encoder-weights PATH)")  # fmt: skip
+
+
+def _in_hub_cache(settings: dict) -> bool:
+    """Return whether the hub cache holds a snapshot of the repo revision in smp's ``settings`` (repo_id, revision)."""
+    from huggingface_hub import constants
+
+    repo = "models--" + settings["repo_id"].replace("/", "--")
+    return (Path(constants.HF_HUB_CACHE) / repo / "snapshots" / settings["revision"]).is_dir()
 
 
 def _hub_unreachable() -> str | None:
