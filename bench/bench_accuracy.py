@@ -68,7 +68,7 @@ def make_data(work: Path, mode: str, env: dict) -> Path:
 
 def run_one(label: str, flags: list[str], data: Path, work: Path, env: dict) -> dict:
     """Train with ``flags`` and score test and test_real; return one table row as a dict."""
-    name = "".join(c if c.isalnum() else "-" for c in label).strip("-")
+    name = "-".join("".join(c if c.isalnum() else " " for c in label).split())  # "custom, --recipe seed" -> custom-recipe-seed
     trained, train_seconds = lunar("train", *flags, "--data-dir", str(data), "--runs-dir", str(work / "runs"),
                                    "--name", name, "--exist-ok", cwd=work, env=env)  # fmt: skip
     scored, _ = lunar("evaluate", trained["run_dir"], "--data-dir", str(data), "--split", "test", "--split",
