@@ -225,11 +225,16 @@ def _no_weights_message(weights: str, encoder: str, why: str | BaseException) ->
 
 
 def _in_hub_cache(settings: dict) -> bool:
-    """Return whether the hub cache holds a snapshot of the repo revision in smp's ``settings`` (repo_id, revision)."""
+    """Return whether the hub cache holds a snapshot of the repo revision in smp's ``settings`` (repo_id, revision).
+
+    Settings without both (another smp version's layout) count as cached: smp itself then decides.
+    """
     from huggingface_hub import constants
 
-    repo = "models--" + settings["repo_id"].replace("/", "--")
-    return (Path(constants.HF_HUB_CACHE) / repo / "snapshots" / settings["revision"]).is_dir()
+    repo_id, revision = settings.get("repo_id"), settings.get("revision")
+    if not repo_id or not revision:
+        return True
+    return (Path(constants.HF_HUB_CACHE) / ("models--" + repo_id.replace("/", "--")) / "snapshots" / revision).is_dir()
 
 
 def _hub_unreachable() -> str | None:
