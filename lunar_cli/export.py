@@ -124,11 +124,9 @@ def compare_with_pytorch(model: "Model", out: Path, fmt: str, sample: np.ndarray
 
         theirs = load_onnx(out).logits(sample)
     else:
-        from lunar_cli.engine import pad_multiple, padding
+        from lunar_cli.engine import pad_frames
 
-        h, w = sample.shape[1:3]
-        top, bottom, left, right = padding(h, w, pad_multiple(model.meta))
-        padded = np.pad(sample, ((0, 0), (top, bottom), (left, right), (0, 0)), mode="edge")
+        padded, (top, left, h, w) = pad_frames(sample, model.meta)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript's deprecation notice
             theirs = torch.jit.load(str(out))(torch.from_numpy(padded)).numpy()[:, :, top : top + h, left : left + w]
