@@ -68,24 +68,21 @@ def mean_uncertainty(probs: "torch.Tensor") -> "torch.Tensor":
     return normalized_entropy(probs).flatten(1).mean(dim=1)
 
 
-def _sample(model: "Model", loader: "FrameLoader") -> tuple["torch.Tensor", "torch.Tensor"]:
-    """Return (logits (P, C), labels (P,)) for a grid of pixels of every frame, at full resolution."""
-    import torch
+class PixelSample:
+    """Logits and labels of a regular grid of pixels of every frame scored (about PIXELS_PER_FRAME each)."""
 
-    from lunar_cli.engine import frame_logits
-    from lunar_cli.scoring import same_size_groups
+    def __init__(self) -> None:
+        self.logits: list["torch.Tensor"] = []
+        self.labels: list["torch.Tensor"] = []
 
-    logits, labels = [], []
-    for frames, masks, sizes in loader:
-        for f, m in same_size_groups(frames, masks, sizes):
-            full = frame_logits(model, f, tuple(m.shape[1:]))
-            step = max(1, int((m.shape[1] * m.shape[2] / PIXELS_PER_FRAME) ** 0.5))
-            grid_logits = full[:, :, ::step, ::step].permute(0, 2, 3, 1)
-            grid_labels = m[:, ::step, ::step].long()
-            keep = grid_labels != IGNORE_INDEX
-            logits.append(grid_logits[keep].float().cpu())
-            labels.append(grid_labels[keep].cpu())
-    return torch.cat(logits), torch.cat(labels)
+    def __call__(self, logits: "torch.Tensor", target: "torch.Tensor") -> None:
+        """Keep the grid pixels of full-resolution logits (N, C, H, W) and their labels (N, H, W)."""
+        step = max(1, int((target.shape[1] * target.shape[2] / PIXELS_PER_FRAME) ** 0.5))
+        grid_logits = logits[:, :, ::step, ::step].permute(0, 2, 3, 1)
+        grid_labels = target[:, ::step, ::step]
+        keep = grid_labels != IGNORE_INDEX
+        self.logits.append(grid_logits[keep].float().cpu())
+        self.labels.append(grid_labels[keep].cpu())
 
 
 def fit_temperature(logits: "torch.Tensor", labels: "torch.Tensor") -> float:
@@ -109,19 +106,24 @@ def fit_temperature(logits: "torch.Tensor", labels: "torch.Tensor") -> float:
 def calibrate(model: "Model", loader: "FrameLoader") -> dict:
     """Return the model's calibration on ``loader`` (the val split): temperature, ECE before and after, OOD threshold.
 
-    The temperature is fitted on a grid of pixels of every frame; the ECE with and without
-    it, and the per-image uncertainty behind the threshold, come from whole frames at full
-    resolution, as ``lunar evaluate`` and ``lunar predict`` compute them.
+    The temperature is fitted on a grid of pixels of every frame, gathered during the pass
+    without it; the ECE with and without it, and the per-image uncertainty behind the
+    threshold, come from whole frames at full resolution, as ``lunar evaluate`` and
+    ``lunar predict`` compute them. Two passes over the split in all.
     """
+    import torch
+
     from lunar_cli.scoring import score_frames
 
-    model.net.eval()
-    logits, labels = _sample(model, loader)
-    fitted = fit_temperature(logits, labels)
-    scores = {}
-    for temperature in (1.0, fitted):
+    def scored(temperature: float, each=None):
         model.meta = {**model.meta, "calibration": {"temperature": temperature}}
-        scores[temperature] = score_frames(model, loader, calibration=True)
+        return score_frames(model, loader, calibration=True, each=each)
+
+    sample = PixelSample()
+    scores = {1.0: scored(1.0, each=sample)}  # the uncalibrated pass also gathers the pixels T is fitted on
+    logits, labels = torch.cat(sample.logits), torch.cat(sample.labels)
+    fitted = fit_temperature(logits, labels)
+    scores[fitted] = scored(fitted)
     temperature = fitted if scores[fitted].ece < scores[1.0].ece else 1.0
     chosen = scores[temperature]
     return {

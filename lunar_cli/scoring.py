@@ -57,10 +57,12 @@ def same_size_groups(
 def score_frames(
     model: "Model", loader: "FrameLoader", *, criterion: Callable | None = None, tta: bool = False,
     calibration: bool = False, progress: str | None = None,
+    each: Callable[["torch.Tensor", "torch.Tensor"], None] | None = None,
 ) -> SplitScore:  # fmt: skip
     """Return the split's confusion matrix at the labels' resolution (and loss, TTA matrix, ECE when asked).
 
-    ``progress`` is the label of a progress bar (None: quiet).
+    ``progress`` is the label of a progress bar (None: quiet). ``each`` is called with the
+    full-resolution logits (N, C, H, W) and labels (N, H, W) of every group of frames.
     """
     import torch
 
@@ -85,6 +87,8 @@ def score_frames(
         for f, m in same_size_groups(frames, masks, sizes):
             logits = frame_logits(model, f, tuple(m.shape[1:]))
             target = m.long()
+            if each is not None:
+                each(logits, target)
             pred = predicted_classes(logits, dim=1)
             matrix += confusion_matrix(pred, target)  # also refuses masks with class indices out of range
             per_image.append(image_matrices(pred, target).cpu())
