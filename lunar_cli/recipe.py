@@ -80,10 +80,14 @@ def make_optimizer(model: "torch.nn.Module", cfg: "TrainConfig") -> "torch.optim
     kind, lr = optimizer_kind(cfg), learning_rate(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     if kind == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if kind == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-    return torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+        optimizer = torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    elif kind == "adamw":
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(params, lr=lr, weight_decay=cfg.weight_decay)
+    for group in optimizer.param_groups:  # the base rate, kept in last.pt (LambdaLR sets it too; plateau does not)
+        group["initial_lr"] = lr
+    return optimizer
 
 
 def schedule_factor(kind: str, step: int, total: int, warmup: int) -> float:
@@ -121,17 +125,21 @@ def make_scheduler(optimizer: "torch.optim.Optimizer", cfg: "TrainConfig", steps
 def set_hyperparameters(optimizer: "torch.optim.Optimizer", scheduler: Any, cfg: "TrainConfig") -> None:
     """Make a restored optimiser (and schedule) use ``cfg``'s rate, momentum and weight decay.
 
-    The schedule keeps its progress: the current rate is rescaled by new base / old base.
+    The schedule keeps its progress: the current rate is rescaled by new base / old base
+    (the base is the optimiser's ``initial_lr``). Without a rate in ``cfg`` the run keeps
+    the one it has: a default that changed since the run started is not applied to it.
     """
-    new_base = learning_rate(cfg)
     for group in optimizer.param_groups:
-        old_base = group.get("initial_lr", group["lr"])
-        if old_base != new_base:
-            group["lr"] = group["lr"] * new_base / old_base if old_base else new_base
-            if "initial_lr" in group:
-                group["initial_lr"] = new_base
         group["weight_decay"] = cfg.weight_decay
         if "momentum" in group:
             group["momentum"] = cfg.momentum
+    if cfg.lr is None:
+        return
+    new_base = cfg.lr
+    for group in optimizer.param_groups:
+        old_base = group.get("initial_lr", group["lr"])  # runs saved before initial_lr was kept: the current rate
+        if old_base != new_base:
+            group["lr"] = group["lr"] * new_base / old_base if old_base else new_base
+            group["initial_lr"] = new_base
     if scheduler is not None and hasattr(scheduler, "base_lrs"):
         scheduler.base_lrs = [new_base for _ in scheduler.base_lrs]

@@ -158,3 +158,28 @@ def test_a_run_of_the_old_squashed_format_is_refused_in_one_line(finished_run, t
     result = cli("train", "--resume", run)
     assert result.code == 1 and result.err.count("\n") == 1
     assert "frames squashed to a square" in result.err and "start a new run" in result.err
+
+
+def test_resumed_rates_change_only_when_a_rate_is_given():
+    from dataclasses import replace
+
+    from lunar_cli.config import TrainConfig
+    from lunar_cli.recipe import make_optimizer, make_scheduler, set_hyperparameters
+
+    def restored(cfg: TrainConfig, base: float):
+        """An optimiser as a plateau run at ``base`` left it: its rate halved once by the schedule."""
+        optimizer = make_optimizer(torch.nn.Linear(2, 2), replace(cfg, lr=base))
+        scheduler = make_scheduler(optimizer, cfg, steps_per_epoch=1)
+        optimizer.param_groups[0]["lr"] = base / 2
+        return optimizer, scheduler
+
+    cfg = TrainConfig(backbone="custom", optimizer="adamw", scheduler="plateau")
+    # Only the weight decay changed, and the run began at 1e-3 (an older default): its rate stays as it was.
+    optimizer, scheduler = restored(cfg, 1e-3)
+    set_hyperparameters(optimizer, scheduler, replace(cfg, lr=None, weight_decay=0.05))
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["initial_lr"], group["weight_decay"]) == (5e-4, 1e-3, 0.05)
+    # A new rate given: the schedule's progress is kept (half the new base).
+    optimizer, scheduler = restored(cfg, 1e-3)
+    set_hyperparameters(optimizer, scheduler, replace(cfg, lr=4e-3))
+    assert (optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["initial_lr"]) == (2e-3, 4e-3)
