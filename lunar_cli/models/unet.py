@@ -38,7 +38,12 @@ def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Return the central (height, width) window of an (N, C, H, W) tensor."""
+    """Return the central (height, width) window of an (N, C, H, W) tensor (``x`` itself when it is that size).
+
+    Only sliced when the sizes differ: a no-op slice would hide the equal sizes from torch.export.
+    """
+    if x.shape[-2:] == (height, width):
+        return x
     top = (x.shape[-2] - height) // 2
     left = (x.shape[-1] - width) // 2
     return x[..., top : top + height, left : left + width]
@@ -113,10 +118,5 @@ class UNet(nn.Module):
             x = up(x)
             # After the padding above the sizes already match; cropping keeps the
             # decoder correct for any feature size (the original crop-and-concatenate).
-            # Only when they differ: a no-op slice would hide the equal sizes from torch.export.
-            skip = skips.pop()
-            if skip.shape[-2:] != x.shape[-2:]:
-                skip = center_crop(skip, x.shape[-2], x.shape[-1])
-            x = block(torch.cat([skip, x], dim=1))
-        logits = self.head(x)
-        return logits if logits.shape[-2:] == (height, width) else center_crop(logits, height, width)
+            x = block(torch.cat([center_crop(skips.pop(), x.shape[-2], x.shape[-1]), x], dim=1))
+        return center_crop(self.head(x), height, width)
