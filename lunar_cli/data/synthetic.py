@@ -15,7 +15,6 @@ Layout under ``out_dir`` (like the Kaggle dataset):
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 from lunar_cli.classes import CLASS_NAMES, NUM_CLASSES, encode_mask, write_png_atomic
 from lunar_cli.console import LunarError, track
 from lunar_cli.data.scene import render_scene
+from lunar_cli.parallel import cpu_cores
 
 KINDS = {"render": 0, "real": 1}  # part of each image's seed: the two sets never share scenes
 
@@ -35,7 +35,7 @@ def generate_synthetic(out_dir: Path, *, count: int, real_count: int, width: int
     Image i depends only on (seed, kind, i, width, height), so every `workers` value gives the same
     bytes. Each file is written atomically; files of an earlier, larger set are left in place.
     workers > 1 renders in that many processes (``parallel.map_in_processes``; default: one per
-    CPU), so a script calling this needs the usual ``if __name__ == "__main__":`` guard. The
+    core this process may use), so a script calling this needs the usual ``if __name__ == "__main__":`` guard. The
     summary holds the counts per folder, the size, the seed, the pixel share of each class and
     the share of images where each class appears.
     """
@@ -49,7 +49,7 @@ def generate_synthetic(out_dir: Path, *, count: int, real_count: int, width: int
                              "choose another data_dir") from exc
     jobs = [(str(out_dir), "render", i, width, height, seed) for i in range(1, count + 1)]
     jobs += [(str(out_dir), "real", i, width, height, seed) for i in range(1, real_count + 1)]
-    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    workers = min(workers or cpu_cores(), len(jobs))
     start = time.perf_counter()
     clean_pixels, ground_pixels, presence = (np.zeros(NUM_CLASSES, np.int64) for _ in range(3))
     for kind, clean_counts, ground_counts in _run_jobs(jobs, workers, progress):
