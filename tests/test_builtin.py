@@ -99,6 +99,19 @@ def test_init_fine_tunes_from_it_and_refuses_another_architecture(cli, tmp_path)
     assert result.code == 0 and "starting from the weights of" in result.err, result.err
 
 
+def test_init_weights_that_do_not_fit_are_one_line(tmp_path):
+    from lunar_cli.console import LunarError
+    from lunar_cli.models.checkpoint import load_initial_weights
+    from lunar_cli.models.registry import build_model
+
+    # Same width and depth, so the architectures read alike, but single-channel input: the weights cannot fit.
+    grey = save_model(tmp_path / "grey.pt", base_width=4, depth=2, in_channels=1)
+    with pytest.raises(LunarError, match=r"--init .*grey\.pt: weights do not fit a custom model") as info:
+        load_initial_weights(build_model("custom", base_width=4, depth=2), str(grey), "custom",
+                             {"base_width": 4, "depth": 2}, tmp_path)  # fmt: skip
+    assert "\n" not in str(info.value)
+
+
 def test_a_clean_install_of_the_wheel_predicts_with_it(tmp_path):
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", wheels,

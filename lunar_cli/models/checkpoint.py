@@ -245,18 +245,22 @@ def build_from_checkpoint(ckpt: dict[str, Any], name: str = "checkpoint") -> "to
         encoder_weights=None,
         **meta["model_kwargs"],
     )
+    load_weights(model, ckpt["model"], meta["backbone"], name)
+    return model.eval()
+
+
+def load_weights(model: "torch.nn.Module", weights: dict, backbone: str, name: str) -> None:
+    """Load a checkpoint's ``weights`` into ``model`` (strict), or raise one line saying how they do not fit."""
     try:
-        model.load_state_dict(ckpt["model"], strict=True)
+        model.load_state_dict(weights, strict=True)
     except RuntimeError as exc:
         expected = model.state_dict()
-        given = ckpt["model"]
-        missing = sum(k not in given for k in expected)
-        unexpected = sum(k not in expected for k in given)
+        missing = sum(k not in weights for k in expected)
+        unexpected = sum(k not in expected for k in weights)
         raise LunarError(
-            f"{name}: weights do not fit a {meta['backbone']} model ({missing} missing, {unexpected} unexpected "
+            f"{name}: weights do not fit a {backbone} model ({missing} missing, {unexpected} unexpected "
             "keys or wrong shapes); the file is damaged or was edited"
         ) from exc
-    return model.eval()
 
 
 def describe_architecture(backbone: str, model_kwargs: dict) -> str:
@@ -281,13 +285,13 @@ def load_initial_weights(model: "torch.nn.Module", init: str, backbone: str, mod
     path, _ = find_model(init, runs_dir)
     ckpt = load_checkpoint(path)
     meta = ckpt["meta"]
-    theirs = describe_architecture(meta["backbone"], meta.get("model_kwargs", {}))
+    theirs = describe_architecture(meta["backbone"], meta["model_kwargs"])
     ours = describe_architecture(backbone, model_kwargs)
     if theirs != ours:
-        flags = (f"--backbone custom --width {meta['model_kwargs'].get('base_width', CUSTOM_DEFAULTS['base_width'])} "
-                 f"--depth {meta['model_kwargs'].get('depth', CUSTOM_DEFAULTS['depth'])}") if meta["backbone"] == "custom" \
-            else f"--backbone {meta['backbone']}"  # fmt: skip
+        options = {**CUSTOM_DEFAULTS, **meta["model_kwargs"]}
+        flags = (f"--backbone custom --width {options['base_width']} --depth {options['depth']}"
+                 if meta["backbone"] == "custom" else f"--backbone {meta['backbone']}")  # fmt: skip
         raise LunarError(f"--init {init}: {path} holds a {theirs}, not the {ours} asked for; train with {flags}, "
                          "or leave --init out")  # fmt: skip
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt["model"], meta["backbone"], f"--init {init}: {path}")
     info(f"starting from the weights of {path} ({theirs})")
