@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
 from datetime import date
 from pathlib import Path
+
+from bench_results import machine, update_section
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("ground", "sky", "small_rocks", "large_rocks")
@@ -87,16 +88,6 @@ def run_one(label: str, flags: list[str], data: Path, work: Path, env: dict) -> 
     return row
 
 
-def machine() -> str:
-    """Return the machine in words: CPU model and cores, GPU if any, torch and Python versions."""
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())  # fmt: skip
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__}, Python {sys.version.split()[0]}"
-
-
 def table(rows: list[dict], mode: str, total_s: float) -> str:
     """Return the markdown section for ``rows``."""
     count, real, width, height, seed = SETS[mode]
@@ -148,9 +139,6 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     if args.write and not args.run:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from bench_results import update_section
-
         update_section(REPO / "bench" / "RESULTS.md", f"## Accuracy, {args.mode} mode", text)
 
 

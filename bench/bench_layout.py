@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -23,20 +22,23 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; before t
 
 import torch
 
+from bench_results import machine, model_kwargs, update_section
 from lunar_cli.models.registry import BACKBONES, build_model
 
-KWARGS = {"custom": {"base_width": 16, "depth": 4}}  # the default recipe's custom U-Net
+# What is timed: (training?, batch, height, width) -> its name in the table.
+USES = {(True, 8, 256, 256): "training step, 256x256, batch 8", (False, 2, 480, 736): "forward, 480x736, batch 2"}
 
 
-def seconds_per_step(name: str, channels_last: bool, train: bool, steps: int) -> float:
+def seconds_per_step(name: str, channels_last: bool, use: tuple[bool, int, int, int], steps: int) -> float:
     """Return the median seconds of one training step (or forward pass) of ``name`` in bf16 autocast."""
+    train, batch, height, width = use
     torch.manual_seed(0)
-    model = build_model(name, **KWARGS.get(name, {}))
-    x = torch.randn(8, 3, 256, 256) if train else torch.randn(2, 3, 480, 736)
-    y = torch.randint(0, 4, (8, 256, 256))
+    model = build_model(name, **model_kwargs(name))
+    x = torch.randn(batch, 3, height, width)
     if channels_last:
         model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+    if train:
+        y, optimizer = torch.randint(0, 4, (batch, height, width)), torch.optim.AdamW(model.parameters(), 1e-3)
     model.train(train)
     times = []
     for i in range(2 + steps):
@@ -59,17 +61,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).parent))
-    from bench_predict import machine
-    from bench_results import update_section
-
     rows, slower = [], []
     for name in BACKBONES:
-        for train, what, batch in ((True, "training step, 256x256, batch 8", 8), (False, "forward, 480x736, batch 2", 2)):
+        for use, what in USES.items():
+            batch = use[1]
             best = {False: float("inf"), True: float("inf")}
             for _ in range(2):
                 for layout in (False, True):
-                    best[layout] = min(best[layout], seconds_per_step(name, layout, train, 3 if name == "vgg11" else 4))
+                    best[layout] = min(best[layout], seconds_per_step(name, layout, use, 3 if name == "vgg11" else 4))
             rows.append(f"| {name} | {what} | {batch / best[False]:.2f} | {batch / best[True]:.2f} "
                         f"| **{best[False] / best[True]:.2f}x** |")  # fmt: skip
             if best[True] > best[False]:

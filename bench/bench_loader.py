@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
+
+from bench_results import machine, update_section
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
@@ -187,23 +188,6 @@ def model_throughput(name: str, size: int, batch_size: int, steps: int) -> tuple
     return batch_size / best, how
 
 
-def machine() -> str:
-    """Return 'CPU model, N cores, torch X' for this machine."""
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = torch.get_num_threads()
-    return f"{cpu}, {cores} cores, torch {torch.__version__} ({threads} threads), Python {platform.python_version()}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, help="dataset folder (default: generate 720x480 data in a temp dir)")
@@ -269,8 +253,6 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        from bench_results import update_section
-
         update_section(RESULTS, "## Input pipeline", text)
         print(f"\nwrote {RESULTS}")
 

@@ -39,8 +39,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; before t
 
 import numpy as np
 
+from bench_results import machine, model_kwargs, precisions, update_section
+from lunar_cli.classes import PALETTE
+from lunar_cli.parallel import cpu_cores
+
 REPO = Path(__file__).resolve().parent.parent
-from lunar_cli.parallel import cpu_cores  # noqa: E402
 
 CORES = cpu_cores()
 
@@ -54,7 +57,7 @@ def make_checkpoint(path: Path, backbone: str) -> Path:
     from lunar_cli.models.registry import build_model, normalization
 
     torch.manual_seed(0)
-    kwargs = {"base_width": 16, "depth": 4} if backbone == "custom" else {}
+    kwargs = model_kwargs(backbone)
     model = build_model(backbone, **kwargs)
     meta = checkpoint_meta(backbone, frame_size=FrameSize(), crop_size=256, normalization=normalization(backbone),
                            epoch=0, model_kwargs=kwargs)  # fmt: skip
@@ -99,7 +102,7 @@ def io_rate(photos: list[Path], out: Path) -> float:
 
     import cv2
 
-    palette = np.array([[0, 0, 0], [0, 0, 255], [0, 255, 0], [255, 0, 0]], np.uint8)
+    palette = np.ascontiguousarray(PALETTE[:, ::-1])  # BGR, as cv2 writes
     out.mkdir(parents=True, exist_ok=True)
 
     def one(path: Path) -> None:
@@ -131,13 +134,10 @@ def median_range(values: list[float]) -> str:
 
 def throughput(work: Path, photos: list[Path], rounds: int) -> list[str]:
     """Return the markdown rows of table (a)."""
-    from lunar_cli.runtime import cpu_bf16_support
-
     rows = []
-    precisions = [("fp32", False)] + ([("bf16", True)] if cpu_bf16_support() else [])
     for backbone in ("custom", "resnet18"):
         ckpt = make_checkpoint(work / f"{backbone}.pt", backbone)
-        for label, amp in precisions:
+        for label, amp in precisions():
             lunar_rate(ckpt, photos[0].parent, work / "warm", amp)  # warm-up: imports, allocator, threads
             runs: dict[str, list[float]] = {k: [] for k in ("forward", "io", "lunar", "tta", "uncertainty")}
             for _ in range(rounds):
@@ -202,23 +202,12 @@ def one_photo(work: Path, photo: Path, rounds: int) -> list[str]:
 
 
 def precision_name() -> str:
-    """Return what PyTorch's default precision is on this CPU (bf16 autocast where native, else fp32)."""
-    from lunar_cli.runtime import cpu_bf16_support
-
-    return "bf16 autocast" if cpu_bf16_support() else "fp32"
-
-
-def machine() -> str:
-    import platform
-
+    """Return PyTorch's default precision on this CPU, as lunar says it (e.g. "cpu, bf16 autocast (AVX512-BF16), channels-last")."""
     import torch
 
-    from lunar_cli.runtime import cpu_bf16_support
+    from lunar_cli.runtime import choose_precision
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())  # fmt: skip
-    return (f"{cpu}, {CORES} cores (native bf16: {cpu_bf16_support() or 'none'}), torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), Python {sys.version.split()[0]}")  # fmt: skip
+    return choose_precision(torch.device("cpu"), None, None).label
 
 
 def main() -> None:
@@ -263,9 +252,6 @@ def main() -> None:
     for heading, text in sections:
         print(text + "\n")
         if args.write:
-            sys.path.insert(0, str(Path(__file__).parent))
-            from bench_results import update_section
-
             update_section(REPO / "bench" / "RESULTS.md", heading, text)
 
 

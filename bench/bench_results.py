@@ -1,8 +1,49 @@
-"""Keep bench/RESULTS.md as one ``## `` section per benchmark, each rewritten by its own script."""
+"""What the bench scripts share: bench/RESULTS.md as one ``## `` section per benchmark (each
+rewritten by its own script), the machine in words, the default custom U-Net, the precisions.
+"""
 
 from __future__ import annotations
 
+import platform
+import sys
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # the checkout's lunar_cli, also where it is not installed (a lent GPU machine)
+    sys.path.insert(1, str(REPO))
+
+
+def machine() -> str:
+    """Return the machine in words: CPU model, cores, native bf16, GPU if any, torch (threads) and Python."""
+    import torch
+
+    from lunar_cli.parallel import cpu_cores
+    from lunar_cli.runtime import cpu_bf16_support
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)  # fmt: skip
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, {cpu_cores()} cores (native bf16: {cpu_bf16_support() or 'none'}){gpu}, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {sys.version.split()[0]}")  # fmt: skip
+
+
+def model_kwargs(backbone: str) -> dict:
+    """Return the options the default recipe builds ``backbone`` with (the custom U-Net's width and depth)."""
+    from lunar_cli.config import TrainConfig
+
+    defaults = TrainConfig()
+    return {"base_width": defaults.width, "depth": defaults.depth} if backbone == "custom" else {}
+
+
+def precisions() -> list[tuple[str, bool]]:
+    """Return the (label, amp) pairs to time on this CPU: fp32, and bf16 autocast where it runs natively."""
+    from lunar_cli.runtime import cpu_bf16_support
+
+    return [("fp32", False)] + ([("bf16", True)] if cpu_bf16_support() else [])
 
 
 def update_section(path: Path, heading_prefix: str, text: str) -> None:

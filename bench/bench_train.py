@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
 from datetime import date
@@ -36,11 +34,12 @@ from lunar_cli.data.cache import CachedSplit
 from lunar_cli.data.dataset import CropLoader
 from lunar_cli.models.registry import build_model, normalization
 from lunar_cli.recipe import make_criterion, make_optimizer
-from lunar_cli.runtime import choose_precision, cpu_bf16_support
+from lunar_cli.runtime import choose_precision
 from lunar_cli.train import train_one_epoch
 
+from bench_results import machine, model_kwargs, precisions, update_section
+
 CPU = torch.device("cpu")
-KWARGS = {"custom": {"base_width": 16, "depth": 4}}  # the default recipe's custom U-Net
 
 
 def fake_split(n: int, seed: int) -> CachedSplit:
@@ -58,7 +57,7 @@ def setup(backbone: str, amp: bool):
     """Return (model in its layout, optimiser, loss, precision), as lunar train builds them."""
     torch.manual_seed(0)
     precision = choose_precision(CPU, amp, None)
-    model = build_model(backbone, **KWARGS.get(backbone, {}))
+    model = build_model(backbone, **model_kwargs(backbone))
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, TrainConfig(backbone=backbone))
@@ -107,10 +106,9 @@ def main() -> None:
     args = parser.parse_args()
 
     split = fake_split(args.batch * args.steps, 0)
-    precisions = [("fp32", False)] + ([("bf16", True)] if cpu_bf16_support() else [])
     rows, lunar_ms = [], {}
     for backbone in args.backbones.split(","):
-        for label, amp in precisions:
+        for label, amp in precisions():
             bare_steps(backbone, amp, args.crop, args.batch, 2)  # warm-up: kernels, allocator, lazy imports
             lunar_steps(backbone, amp, split, args.crop, args.batch, 2)
             bare, ours = [], []
@@ -124,13 +122,10 @@ def main() -> None:
                         f"**{o / b:.3f}** | {speedup} |")  # fmt: skip
             print(rows[-1], flush=True)
 
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
-    machine = (f"{cpu}, {os.cpu_count()} cores (native bf16: {cpu_bf16_support() or 'none'}), torch {torch.__version__} "
-               f"({torch.get_num_threads()} threads), Python {sys.version.split()[0]}")  # fmt: skip
     lines = [
         f"## Training step: lunar vs bare PyTorch loop, fp32 and bf16 ({date.today().isoformat()})",
         "",
-        f"Machine: {machine}. Crops {args.crop}x{args.crop} (lunar: from 480x320 frames with zoom, flips, jitter and "
+        f"Machine: {machine()}. Crops {args.crop}x{args.crop} (lunar: from 480x320 frames with zoom, flips, jitter and "
         f"camera-look augmentation), batch {args.batch}, CE+Dice, AdamW, channels-last; {args.steps} steps x "
         f"{args.rounds} alternating rounds, medians. Command: `python bench/bench_train.py --write`.",
         "",
@@ -141,8 +136,6 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if args.write:
-        from bench_results import update_section
-
         update_section(Path(__file__).with_name("RESULTS.md"), "## Training step", "\n".join(lines))
 
 
