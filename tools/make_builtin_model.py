@@ -86,11 +86,9 @@ def main() -> None:
     store_half(Path(trained["run_dir"]) / "best.pt", FOLDER / "builtin.pt")
     exported = export_model(FOLDER / "builtin.pt", args.work / "builtin.onnx", "onnx")
     test_data = fetch(args.work, "test-data", SETTINGS["test_data"], args.device)
-    scored = lunar("evaluate", str(FOLDER / "builtin.pt"), "--data-dir", str(test_data), "--split", "test", "--split",
-                   "test_real", "--runs-dir", str(args.work / "runs"), work=args.work, device=args.device)  # fmt: skip
-    for name in ("builtin_eval.json", "builtin_confusion_test.png", "builtin_confusion_test_real.png",
-                 "builtin_predictions_test.png", "builtin_predictions_test_real.png"):  # fmt: skip
-        (FOLDER / name).unlink(missing_ok=True)  # evaluate writes beside the checkpoint: keep the package lean
+    # By name: evaluate scores its copy under --runs-dir and writes its figures there, not into the package.
+    scored = lunar("evaluate", "builtin", "--data-dir", str(test_data), "--split", "test", "--split", "test_real",
+                   "--runs-dir", str(args.work / "runs"), work=args.work, device=args.device)  # fmt: skip
     record = {
         "lunar_version": __version__, "settings": SETTINGS, "epochs_override": args.epochs, "device": trained["device"],
         "train": {k: trained[k] for k in ("epochs_run", "best_epoch", "best_val_miou", "train_seconds", "parameters",
