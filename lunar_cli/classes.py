@@ -112,20 +112,27 @@ def encode_mask(indices: np.ndarray) -> np.ndarray:
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")  # formats OpenCV decodes that lunar accepts
 
 
-def decode_image_file(path: Path, what: str = "image") -> np.ndarray:
+def decode_image_file(path: Path, what: str = "image", max_pixels: int | None = None) -> np.ndarray:
     """Return the pixels of an image file as stored: (H, W) or (H, W, 3|4) in RGB(A) order, 8 or 16 bits.
 
     JPEGs are turned upright by their EXIF orientation, as a photo viewer shows them.
-    Raises LunarError naming the file when it is missing, empty or not a readable image.
+    Raises LunarError naming the file when it is missing, not a regular file, empty,
+    damaged or not a readable image, or when its header claims more than ``max_pixels``
+    (default ``probe.MAX_PIXELS``): checked before decoding, so memory stays flat.
     """
     import cv2
 
+    from lunar_cli.data.probe import MAX_PIXELS, PNG_SIGNATURE, check_pixel_budget, check_png_chunks, probe_image
+
     path = Path(path)
-    if not path.is_file():
-        raise LunarError(f"{path}: no such file")
-    if path.stat().st_size == 0:
-        raise LunarError(f"{path}: file is empty")
-    data = np.fromfile(str(path), dtype=np.uint8)  # fromfile copes with non-UTF-8 names
+    width, height = probe_image(path)
+    check_pixel_budget(path, width, height, max_pixels or MAX_PIXELS)
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)  # fromfile copes with non-UTF-8 names
+    except OSError as exc:
+        raise LunarError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    if data[:8].tobytes() == PNG_SIGNATURE:
+        check_png_chunks(data.data, path)
     # IMREAD_UNCHANGED keeps alpha and 16 bits but ignores EXIF rotation; JPEGs have
     # neither, so they are read with IMREAD_COLOR, which applies the orientation.
     is_jpeg = data[:2].tobytes() == b"\xff\xd8"

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lunar_cli.console import LunarError, info, track, warn
+from lunar_cli.console import LunarError, first_line, info, track, warn
 from lunar_cli.predict_files import (
     collect_inputs,
     plan_outputs,
@@ -37,14 +37,15 @@ if TYPE_CHECKING:
 def _make_plan(inputs, output, model, runs_dir, fmt, extras) -> dict[str, Any]:
     """Return the whole job as plain values (inputs, output files, model, problems), for rank 0 to share."""
     from lunar_cli.engine import find_model
+    from lunar_cli.rundir import run_files
 
     paths, problems = collect_inputs(inputs)
     if not paths:
         if problems:
             raise LunarError(problems[0]["reason"] + ("" if len(problems) == 1 else f" (and {len(problems) - 1} more)"))
         raise LunarError(f"no images found in {' '.join(inputs)}: give image files, folders or patterns")
-    plan = plan_outputs(paths, output, fmt, extras)
     model_path, how = find_model(model, runs_dir)
+    plan = plan_outputs(paths, output, fmt, extras, [model_path, *run_files(model_path.parent)])
     return {"inputs": [str(p) for p in paths], "targets": plan, "problems": problems,
             "model": str(model_path), "how": how}  # fmt: skip
 
@@ -142,13 +143,14 @@ def _gather(dist, done: list, failed: list) -> tuple[list, list, list]:
     return [pair for rank_done, _ in everything for pair in rank_done], everyone_failed, everyone_failed
 
 
-def _read(path: str, model: "RunsOnFrames", scale: bool) -> tuple[np.ndarray, str | None, np.ndarray | None, float]:
-    """Return (photo, conversion note, photo at the model's scale or None, seconds): the reader threads' job."""
+def _read(path: str, model: "RunsOnFrames", tile: bool) -> tuple[np.ndarray, str | None, np.ndarray | None, float]:
+    """Return (photo, conversion note, photo at the model's scale or None when tiled, seconds): the reader threads' job."""
+    from lunar_cli.data.probe import MAX_TILED_PIXELS
     from lunar_cli.photos import model_scale_frames
 
     start = time.perf_counter()
-    photo, note = read_photo(Path(path))
-    small = model_scale_frames(model.meta, [photo])[0] if scale else None
+    photo, note = read_photo(Path(path), MAX_TILED_PIXELS if tile else None)
+    small = None if tile else model_scale_frames(model.meta, [photo])[0]
     return photo, note, small, time.perf_counter() - start
 
 
@@ -212,6 +214,14 @@ def _predict_share(
 
     cores = cpu_cores()
     failed: list[dict[str, Any]] = []
+
+    def fail(job: int, exc: BaseException, doing: str) -> None:
+        path = plan["inputs"][job]
+        reason = first_line(exc, 1000) if isinstance(exc, LunarError) else f"{path}: {doing} ({first_line(exc)})"
+        if not options.strict:  # under --strict the error itself says it
+            warn(reason)
+        failed.append({"input": path, "reason": reason, "order": job})
+
     said: set[str] = set()
     writes = []
     pending: list[tuple[int, np.ndarray, np.ndarray, float]] = []  # (job, photo, at the model's scale, seconds)
@@ -225,8 +235,8 @@ def _predict_share(
             passes = model_passes(model, np.stack([small for _, _, small, _ in pending]), options.tta)
             share = (time.perf_counter() - start) / len(pending)
             for i, (job, photo, _, seconds) in enumerate(pending):
-                writes.append(pool.submit(_finish, model, plan, job, photo, [p[i] for p in passes], options,
-                                          seconds + share))  # fmt: skip
+                writes.append((job, pool.submit(_finish, model, plan, job, photo, [p[i] for p in passes], options,
+                                                seconds + share)))  # fmt: skip
             pending.clear()
 
         ahead = deque()
@@ -235,7 +245,7 @@ def _predict_share(
         def read_next() -> None:
             job = next(queue, None)
             if job is not None:
-                ahead.append((job, pool.submit(_read, plan["inputs"][job], model, not options.tile)))
+                ahead.append((job, pool.submit(_read, plan["inputs"][job], model, options.tile)))
 
         for _ in range(2 * options.batch_size + cores):  # enough read-ahead to keep the model busy
             read_next()
@@ -246,10 +256,7 @@ def _predict_share(
             try:
                 photo, note, small, seconds = future.result()
             except (LunarError, cv2.error, OSError) as exc:
-                reason = str(exc).splitlines()[0] if isinstance(exc, LunarError) else f"{path}: cannot read ({exc})"
-                if not options.strict:  # under --strict the error itself says it
-                    warn(reason)
-                failed.append({"input": path, "reason": reason, "order": job})
+                fail(job, exc, "cannot read")
                 if options.strict:
                     break
                 continue
@@ -259,8 +266,8 @@ def _predict_share(
             if options.tile:
                 start = time.perf_counter()
                 logits = tiled_logits(model, photo, model.window, options.tile_overlap, options.batch_size)
-                writes.append(pool.submit(_finish, model, plan, job, photo, [logits], options,
-                                          seconds + time.perf_counter() - start))  # fmt: skip
+                writes.append((job, pool.submit(_finish, model, plan, job, photo, [logits], options,
+                                                seconds + time.perf_counter() - start)))  # fmt: skip
                 continue
             if small.shape[0] * small.shape[1] > 64 * model.window**2 and "large" not in said:
                 said.add("large")
@@ -272,5 +279,10 @@ def _predict_share(
             if len(pending) >= options.batch_size:
                 flush()
         flush()
-        done = [w.result() for w in writes]
+        done = []
+        for job, future in writes:  # a mask that cannot be written fails its photo alone
+            try:
+                done.append(future.result())
+            except (LunarError, cv2.error, OSError) as exc:
+                fail(job, exc, "cannot write its outputs")
     return done, failed

@@ -42,7 +42,7 @@ def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[dict[str, str]]]
             for line in (s.strip() for s in lines):
                 if line:
                     _add_literal(Path(line), paths, problems)
-        elif Path(arg).exists() or not glob.has_magic(arg):
+        elif _exists(Path(arg)) or not glob.has_magic(arg):
             _add_literal(Path(arg), paths, problems)
         else:
             matches = sorted(Path(m) for m in glob.glob(arg, recursive=True))
@@ -56,17 +56,54 @@ def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[dict[str, str]]]
     return list(unique.values()), problems
 
 
+def _exists(path: Path) -> bool:
+    """Return whether ``path`` exists; a name the system refuses (too long, a link loop) does not."""
+    try:
+        path.stat()
+    except OSError:
+        return False
+    return True
+
+
+def _problem(path: Path, exc: OSError) -> dict[str, str]:
+    """Return the batch problem for a path the system cannot even look at (too long, a link loop, no access)."""
+    import errno
+
+    why = {errno.ENOENT: "no such file or folder", errno.ELOOP: "a symbolic link loop",
+           errno.ENAMETOOLONG: "file name too long"}.get(exc.errno or 0, exc.strerror or str(exc))  # fmt: skip
+    return {"input": str(path), "reason": f"{path}: {why}"}
+
+
 def _add_literal(path: Path, paths: list[Path], problems: list[dict[str, str]]) -> None:
-    """Append ``path`` (a file) or the images in it (a folder); note it as a problem if missing."""
-    if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        if not images:
-            warn(f"{path}: no images in this folder (looked for {' '.join(IMAGE_SUFFIXES)})")
-        paths.extend(images)
-    elif path.exists():
+    """Append ``path`` (a file) or the images in it (a folder); note it, or a folder entry it cannot use, as a problem."""
+    try:
+        path.stat()
+    except OSError as exc:
+        problems.append(_problem(path, exc))
+        return
+    if not path.is_dir():
         paths.append(path)
-    else:
-        problems.append({"input": str(path), "reason": f"{path}: no such file or folder"})
+        return
+    images, before = [], len(problems)
+    try:
+        entries = sorted(path.iterdir())
+    except OSError as exc:
+        problems.append(_problem(path, exc))
+        return
+    for entry in entries:
+        if entry.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        try:
+            if entry.is_dir():
+                continue
+            entry.stat()  # a broken link or a link loop: said, not silently skipped
+        except OSError as exc:
+            problems.append(_problem(entry, exc))
+            continue
+        images.append(entry)
+    if not images and len(problems) == before:
+        warn(f"{path}: no images in this folder (looked for {' '.join(IMAGE_SUFFIXES)})")
+    paths.extend(images)
 
 
 def output_names(paths: list[Path], suffixes: Iterable[str]) -> list[str]:
@@ -90,7 +127,7 @@ def output_names(paths: list[Path], suffixes: Iterable[str]) -> list[str]:
 
 
 def plan_outputs(
-    paths: list[Path], output: Path, fmt: str, extras: Iterable[str] = ()
+    paths: list[Path], output: Path, fmt: str, extras: Iterable[str] = (), model_files: Iterable[Path] = (),
 ) -> list[dict[str, str | None]]:  # fmt: skip
     """Return, per input, the files to write: ``{"mask": path, "hazard": path or None, "uncertainty": ...}``.
 
@@ -98,7 +135,8 @@ def plan_outputs(
     input and ``output`` named like a file (``mask.png``, ``probs.npz``) writes exactly
     there (the extras beside it); otherwise ``output`` is a folder (created). Refuses, as
     one line, an output that is a folder where a file is meant (or the reverse), that
-    cannot be written, or that would overwrite an input photo.
+    cannot be written, or that would overwrite an input photo or one of ``model_files``
+    (the model and the files of its run).
     """
     output = Path(output)
     extras = [e for e in EXTRAS if e in set(extras)]
@@ -130,19 +168,21 @@ def plan_outputs(
         raise LunarError(f"{folder}: cannot create the output folder ({exc.strerror}); choose another -o") from exc
     if not os.access(folder, os.W_OK | os.X_OK):
         raise LunarError(f"{folder}: not writable; choose another -o")
-    photos = {p.resolve() for p in paths}
-    for target in (Path(f) for entry in plan for f in entry.values() if f is not None):
-        if target.resolve() in photos:
-            raise LunarError(f"{target}: would overwrite an input photo; choose another -o")
+    from lunar_cli.files import refuse_overwrite
+
+    targets = [Path(f) for entry in plan for f in entry.values() if f is not None]
+    refuse_overwrite(targets, paths, "an input photo", "choose another -o")
+    refuse_overwrite(targets, model_files, "a file of the model's run", "choose another -o")
     return plan
 
 
-def read_photo(path: Path) -> tuple[np.ndarray, str | None]:
+def read_photo(path: Path, max_pixels: int | None = None) -> tuple[np.ndarray, str | None]:
     """Return (the photo as (H, W, 3) uint8 RGB, what was converted or None).
 
     Grayscale, RGBA and 16-bit photos are converted (the note says which); JPEGs are
     turned upright by their EXIF orientation. Missing, empty, corrupt or unsupported
-    files are a LunarError naming the file.
+    files, and photos of more than ``max_pixels`` (default: the whole-frame budget), are
+    a LunarError naming the file.
     """
     from lunar_cli.classes import decode_image_file, to_rgb_uint8
 
@@ -151,7 +191,7 @@ def read_photo(path: Path) -> tuple[np.ndarray, str | None]:
         raise LunarError(f"{path}: unsupported format {path.suffix or '(no suffix)'}; use {' '.join(IMAGE_SUFFIXES)}")
     # The decoder training uses: JPEGs upright by their EXIF orientation, so the mask
     # matches the photo as a viewer shows it and the model sees the sky on top.
-    img = decode_image_file(path, "image")
+    img = decode_image_file(path, "image", max_pixels)
     notes = []
     if img.dtype == np.uint16:
         notes.append("16-bit")

@@ -83,7 +83,7 @@ def test_read_files_bgr_order_and_bad_files(tmp_path):
     (tmp_path / "text.png").write_text("not an image")
     with pytest.raises(LunarError, match="empty"):
         read_image_rgb(tmp_path / "empty.png")
-    with pytest.raises(LunarError, match="not a readable image"):
+    with pytest.raises(LunarError, match="not a PNG, JPEG, TIFF or BMP image"):
         read_image_rgb(tmp_path / "text.png")
     with pytest.raises(LunarError, match="no such file"):
         read_image_rgb(tmp_path / "missing.png")

@@ -241,7 +241,7 @@ def test_bad_files_are_skipped_and_listed_and_strict_stops(model_file, tmp_path,
     assert [r["input"] for r in result["records"]] == [str(p) for p in good]
     reasons = {Path(f["input"]).name: f["reason"] for f in result["failed"]}
     assert set(reasons) == {"fake.png", "empty.jpg", "anim.gif", "missing.png"}
-    assert "not a readable image" in reasons["fake.png"] and "empty" in reasons["empty.jpg"]
+    assert "not a PNG, JPEG, TIFF or BMP image" in reasons["fake.png"] and "empty" in reasons["empty.jpg"]
     assert "unsupported format .gif" in reasons["anim.gif"] and "no such file" in reasons["missing.png"]
     err = capsys.readouterr().err
     assert all(len(r.splitlines()) == 1 and r.split(":")[0] in err for r in reasons.values())

@@ -11,16 +11,18 @@ from __future__ import annotations
 import csv
 import io
 import os
+import posixpath
+import re
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
 from lunar_cli.classes import IMAGE_SUFFIXES
 from lunar_cli.config import SplitName
 from lunar_cli.console import LunarError, warn
-from lunar_cli.data.probe import probe_image
+from lunar_cli.data.probe import check_pixel_budget, probe_image
 from lunar_cli.files import write_text_atomic
 
 MANIFEST_NAME = "manifest.csv"
@@ -51,6 +53,7 @@ def _check_pair(data_dir: Path, image: Path, mask: Path) -> str | None:
     try:
         image_size = probe_image(image)
         mask_size = probe_image(mask)
+        check_pixel_budget(image, *image_size)
     except LunarError as exc:
         return str(exc)
     if image_size != mask_size:
@@ -171,10 +174,31 @@ def read_manifest(data_dir: Path) -> list[dict[str, str]]:
             rows = list(reader)
     except UnicodeDecodeError as exc:
         raise LunarError(f"{path}: not UTF-8 text (byte {exc.start}); run lunar split again") from exc
+    first_seen: dict[str, tuple[int, str]] = {}
     for line, row in enumerate(rows, start=2):
         if row["split"] not in SPLITS or not row["image"] or not row["mask"]:
             raise LunarError(f"{path}:{line}: bad row {row}; run lunar split again")
+        for column in ("image", "mask"):
+            if not _inside(row[column]):
+                raise LunarError(f"{path}:{line}: {column} {row[column]!r} is outside the data folder (an absolute "
+                                 "path or '..'); manifests name files under it: run lunar split again")  # fmt: skip
+        image = posixpath.normpath(row["image"].replace("\\", "/"))
+        if image in first_seen:
+            before, split = first_seen[image]
+            where = f"in {split} twice" if split == row["split"] else f"in both {split} and {row['split']}"
+            raise LunarError(f"{path}:{line}: {row['image']} is listed {where} (line {before} too): a model would be "
+                             "scored on what it trained on, or a frame counted twice; run lunar split again")  # fmt: skip
+        first_seen[image] = (line, row["split"])
     return rows
+
+
+def _inside(relative: str) -> bool:
+    """Return whether a manifest path stays inside the data folder: relative, and no '..' leading out of it."""
+    posix = relative.replace("\\", "/")
+    if posix.startswith("/") or re.match(r"^[A-Za-z]:", posix):
+        return False
+    parts = PurePosixPath(posixpath.normpath(posix)).parts
+    return bool(parts) and parts[0] != ".."
 
 
 def split_pairs(data_dir: Path, split: str) -> list[tuple[Path, Path]]:
