@@ -10,6 +10,7 @@ _lunar() {
     case "$prev" in
         --backbone|-b) return ;;
         --batch-size) return ;;
+        --cache-dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --checksum) return ;;
         --class-weights) return ;;
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -60,10 +61,10 @@ _lunar() {
         fetch) COMPREPLY=($(compgen -W "--source -s --data-dir --count --real-count --width --height --force --models --models-dir --checksum --seed --config -c --json --help -h" -- "$cur")) ;;
         split) COMPREPLY=($(compgen -W "--data-dir --train --val --test --mask-source --strict --seed --config -c --json --help -h" -- "$cur")) ;;
         eda) COMPREPLY=($(compgen -W "--data-dir --out -o --sample --mask-source --workers --seed --runs-dir --config -c --json --help -h" -- "$cur")) ;;
-        train) COMPREPLY=($(compgen -W "--backbone -b --encoder-weights --init --width --depth --epochs --batch-size --recipe --scale --crop-size --image-size --limit --patience --loss --class-weights --optimizer --lr --scheduler --name --exist-ok --resume --amp --no-amp --channels-last --no-channels-last --compile --deterministic --workers --seed --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
-        evaluate) COMPREPLY=($(compgen -W "--split --batch-size --tta --limit --workers --device --amp --no-amp --channels-last --no-channels-last --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        train) COMPREPLY=($(compgen -W "--backbone -b --encoder-weights --init --width --depth --epochs --batch-size --recipe --scale --crop-size --image-size --limit --patience --loss --class-weights --optimizer --lr --scheduler --name --exist-ok --resume --amp --no-amp --channels-last --no-channels-last --compile --deterministic --workers --cache-dir --seed --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        evaluate) COMPREPLY=($(compgen -W "--split --batch-size --tta --limit --workers --cache-dir --device --amp --no-amp --channels-last --no-channels-last --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         predict) COMPREPLY=($(compgen -W "--output -o --model -m --format -f --tile --overlap --hazard --hazard-margin --uncertainty --tta --batch-size --strict --device --amp --no-amp --channels-last --no-channels-last --runs-dir --config -c --json --help -h" -- "$cur")) ;;
-        compare) COMPREPLY=($(compgen -W "--out -o --images --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        compare) COMPREPLY=($(compgen -W "--out -o --images --cache-dir --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         export) COMPREPLY=($(compgen -W "--output -o --format -f --config -c --json --help -h" -- "$cur")) ;;
     esac
 }

@@ -17,6 +17,7 @@ from typing import Any, List, Literal, Mapping, Union
 
 from lunar_cli.config_tree import apply_mapping, nest, read_yaml, render_yaml
 from lunar_cli.console import LunarError
+from lunar_cli.data.probe import MAX_PIXELS
 
 KAGGLE_DATASET = "romainpessia/artificial-lunar-rocky-landscape-dataset"
 
@@ -88,6 +89,7 @@ class DataConfig:
     zoom: List[float] = field(default_factory=lambda: [1.0, 1.0])  # random rescale of each crop, [low, high] (log-uniform); [1, 1] = none
     limit: Union[int, None] = None  # use only N images of each split (quick runs); null = all
     workers: Union[int, None] = None  # processes that decode images into the cache; null = all cores
+    cache_dir: Union[Path, None] = None  # where decoded frames are kept (safe to delete: rebuilt when needed); null = <data_dir>/cache
     skip_bad: bool = False  # drop unreadable image/mask pairs with a warning instead of stopping
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -188,73 +190,82 @@ class Config:
     compare: CompareConfig = field(default_factory=CompareConfig)
 
 
+# The sane range of every numeric option, (lowest, highest), both allowed: ``validate``
+# refuses a value outside it in one line naming the key, and each option's --help states it.
+LIMITS: dict[str, tuple[float, float]] = {
+    "seed": (0, 2**32 - 1),  # what numpy and torch generators take
+    "fetch.count": (1, 1_000_000), "fetch.real_count": (0, 1_000_000),
+    "fetch.width": (32, 8192), "fetch.height": (32, 8192),
+    "split.train": (0, 1), "split.val": (0, 1), "split.test": (0, 1),
+    "data.scale": (0.01, 4), "data.image_size": (32, 4096), "data.crop_size": (32, 4096),
+    "data.limit": (1, 1_000_000_000), "data.workers": (0, 256),
+    **{f"data.augment.{name}": (0, 1) for name in ("hflip", "vflip", "jitter_p", "brightness", "contrast",
+                                                    "saturation", "photometric_p", "vignette")},  # fmt: skip
+    "data.augment.hue": (0, 0.5), "data.augment.color_cast": (0, 0.9), "data.augment.gamma": (0, 4),
+    "data.augment.blur": (0, 10), "data.augment.noise": (0, 1), "data.augment.jpeg_quality": (0, 95),
+    "train.width": (1, 512), "train.depth": (1, 5), "train.epochs": (1, 100_000), "train.batch_size": (1, 4096),
+    "train.lr": (0, 10), "train.momentum": (0, 0.999), "train.weight_decay": (0, 1), "train.warmup": (0, 0.99),
+    "train.patience": (1, 100_000),
+    "eda.sample": (1, 1_000_000_000),
+    "evaluate.batch_size": (1, 1024), "evaluate.grid": (0, 32),
+    "predict.tile_overlap": (0, 0.875), "predict.hazard_margin": (0, 10_000), "predict.batch_size": (1, 1024),
+    "compare.images": (1, 64),
+}
+CLASS_WEIGHT_MAX = 10_000.0
+
+
+def _value(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def limit_text(dotted: str) -> str:
+    """Return an option's range for its --help (e.g. "1 to 100000"), or "" when it has none."""
+    if dotted not in LIMITS:
+        return ""
+    return " to ".join(str(v) if isinstance(v, int) else f"{v:g}" for v in LIMITS[dotted])
+
+
 def validate(cfg: Config) -> None:
-    """Check relations between values that single types cannot express."""
+    """Check every numeric option against LIMITS, then relations between values that single types cannot express."""
+    for key, (low, high) in LIMITS.items():
+        value = _value(cfg, key)
+        if value is not None and not low <= value <= high:
+            raise LunarError(f"config key {key!r}: must be {limit_text(key)}, got {value}")
     s = cfg.split
-    for name in ("train", "val", "test"):
-        if not 0.0 <= getattr(s, name) <= 1.0:
-            raise LunarError(f"config key 'split.{name}': must be between 0 and 1, got {getattr(s, name)}")
     if abs(s.train + s.val + s.test - 1.0) > 1e-6:
         raise LunarError(
             f"split shares train+val+test must add up to 1, got {s.train + s.val + s.test:.4g}; adjust split.*"
         )
     f = cfg.fetch
-    for name in ("count", "width", "height"):
-        if getattr(f, name) < 1:
-            raise LunarError(f"config key 'fetch.{name}': must be at least 1, got {getattr(f, name)}")
+    if f.width * f.height > MAX_PIXELS:
+        raise LunarError(f"config keys 'fetch.width' and 'fetch.height': {f.width}x{f.height} is over the "
+                         f"{MAX_PIXELS // 1_000_000} megapixels lunar decodes at once; make the images smaller")  # fmt: skip
     d = cfg.data
     for key, value in (("data.crop_size", d.crop_size), ("data.image_size", d.image_size)):
-        if value is not None and (value < 32 or value % 32):
+        if value is not None and value % 32:
             nearest = max(32, int(round(value / 32)) * 32)
             raise LunarError(
                 f"config key {key!r}: {value} is not a multiple of 32 (the U-Nets halve it 5 times); use {nearest}"
             )
-    if not 0.0 < d.scale <= 4.0:
-        raise LunarError(f"config key 'data.scale': must be above 0 and at most 4, got {d.scale}")
     if len(d.zoom) != 2 or not 0.0 < d.zoom[0] <= d.zoom[1] <= 8.0:
         raise LunarError(f"config key 'data.zoom': give [low, high] with 0 < low <= high <= 8, got {d.zoom}")
-    if d.limit is not None and d.limit < 1:
-        raise LunarError(f"config key 'data.limit': must be at least 1, got {d.limit}")
-    a = d.augment
-    for name in ("hflip", "vflip", "jitter_p", "brightness", "contrast", "saturation", "photometric_p", "vignette"):
-        if not 0.0 <= getattr(a, name) <= 1.0:
-            raise LunarError(f"config key 'data.augment.{name}': must be between 0 and 1, got {getattr(a, name)}")
-    for name, top in (("hue", 0.5), ("color_cast", 0.9), ("gamma", 4.0), ("blur", 10.0), ("noise", 1.0)):
-        if not 0.0 <= getattr(a, name) <= top:
-            raise LunarError(f"config key 'data.augment.{name}': must be between 0 and {top}, got {getattr(a, name)}")
-    if not (a.jpeg_quality == 0 or 1 <= a.jpeg_quality <= 95):
-        raise LunarError(f"config key 'data.augment.jpeg_quality': 0 (off) or 1 to 95, got {a.jpeg_quality}")
+    if not (d.augment.jpeg_quality == 0 or d.augment.jpeg_quality >= 1):
+        raise LunarError(f"config key 'data.augment.jpeg_quality': 0 (off) or 1 to 95, got {d.augment.jpeg_quality}")
     t = cfg.train
-    if t.epochs < 1 or t.batch_size < 1:
-        raise LunarError("config keys 'train.epochs' and 'train.batch_size' must be at least 1")
-    if t.width < 1 or not 1 <= t.depth <= 5:
-        raise LunarError(f"config keys 'train.width' (>= 1) and 'train.depth' (1 to 5): got {t.width} and {t.depth}")
-    if not 0.0 <= t.warmup < 1.0:
-        raise LunarError(f"config key 'train.warmup': a share of the steps in [0, 1), got {t.warmup}")
-    for key, value, ok, what in (
-        ("train.lr", t.lr, t.lr is None or t.lr > 0, "above 0"),
-        ("train.weight_decay", t.weight_decay, t.weight_decay >= 0, "0 or more"),
-        ("train.momentum", t.momentum, 0 <= t.momentum < 1, "at least 0 and below 1"),
-        ("train.patience", t.patience, t.patience is None or t.patience >= 1, "at least 1"),
-        ("data.workers", d.workers, d.workers is None or d.workers >= 0, "0 or more"),
-    ):
-        if not ok:
-            raise LunarError(f"config key {key!r}: must be {what}, got {value}")
-    if isinstance(t.class_weights, list) and len(t.class_weights) != 4:
-        raise LunarError(f"config key 'train.class_weights': give 4 weights (one per class), got {len(t.class_weights)}")
-    if not 0.0 <= cfg.predict.tile_overlap < 0.9:
-        raise LunarError("config key 'predict.tile_overlap': must be at least 0 and below 0.9")
-    for key, value in (("predict.hazard_margin", cfg.predict.hazard_margin), ("eda.sample", cfg.eda.sample or 1),
-                       ("evaluate.batch_size", cfg.evaluate.batch_size), ("predict.batch_size", cfg.predict.batch_size),
-                       ("compare.images", cfg.compare.images)):
-        if value < (0 if key == "predict.hazard_margin" else 1):
-            raise LunarError(f"config key {key!r}: got {value}, which is too small")
+    if t.lr is not None and t.lr <= 0:
+        raise LunarError(f"config key 'train.lr': must be above 0 and at most {LIMITS['train.lr'][1]:g}, got {t.lr}")
+    if isinstance(t.class_weights, list):
+        weights = t.class_weights
+        if len(weights) != 4:
+            raise LunarError(f"config key 'train.class_weights': give 4 weights (one per class), got {len(weights)}")
+        if not all(0 <= w <= CLASS_WEIGHT_MAX for w in weights) or not any(w > 0 for w in weights):
+            raise LunarError(f"config key 'train.class_weights': each weight 0 to {CLASS_WEIGHT_MAX:g}, at least "
+                             f"one above 0, got {weights}")  # fmt: skip
     if not cfg.evaluate.splits:
         raise LunarError("config key 'evaluate.splits': name at least one split")
-    if f.real_count < 0:
-        raise LunarError(f"config key 'fetch.real_count': must be 0 or more, got {f.real_count}")
-
-
 
 
 # What ``lunar train --resume`` does with a value that differs from the run's saved one.
@@ -282,6 +293,7 @@ ON_RESUME: dict[str, tuple[str, str]] = {
     "train.epochs": ("apply", ""),
     "train.patience": ("apply", ""),
     "data.workers": ("apply", ""),
+    "data.cache_dir": ("apply", ""),
     "device": ("apply", ""),
     "data_dir": ("note", "it must hold the same dataset"),
     "channels_last": ("apply", ""),

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import enum
 import inspect
+import math
 import re
 import types
 import typing
@@ -75,7 +76,7 @@ def coerce(value: Any, tp: Any, key: str) -> Any:
         type(None): lambda v: v is None,
         bool: lambda v: isinstance(v, bool),
         int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
         str: lambda v: isinstance(v, str),
         Path: lambda v: isinstance(v, (str, Path)) and bool(str(v)),
     }
@@ -161,6 +162,8 @@ def read_yaml(path: Path) -> dict[str, Any]:
         raise LunarError(f"config file {path}: invalid YAML{where}; fix the syntax") from exc
     except UnicodeDecodeError as exc:
         raise LunarError(f"config file {path}: not UTF-8 text") from exc
+    except RecursionError as exc:  # YAML's reader recurses once per level of nesting
+        raise LunarError(f"config file {path}: nested too deeply to be a lunar config; fix the file") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -7,6 +7,7 @@ Results go to stdout (``out``); logs, progress and errors go to stderr (``err``)
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any, Iterable, Iterator, TypeVar
 
@@ -36,6 +37,13 @@ class LunarError(Exception):
         self.exit_code = exit_code
 
 
+def first_line(exc: BaseException, limit: int = 160) -> str:
+    """Return the first line of an exception's message (its type name if it has none), cut to ``limit`` characters."""
+    lines = str(exc).strip().splitlines()
+    text = (lines[0].strip() if lines else "") or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def warn(message: str) -> None:
     """Print a one-line warning to stderr (the message as it is: brackets in file names are not markup)."""
     from rich.markup import escape
@@ -52,9 +60,25 @@ def info(message: str) -> None:
     err.print(message, highlight=False, markup=False)
 
 
+def json_safe(value: Any) -> Any:
+    """Return ``value`` with every NaN or infinite float replaced by None, so it is valid JSON (null)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def json_text(payload: Any) -> str:
+    """Return ``payload`` as indented, strictly valid JSON: non-finite numbers are null, other objects strings."""
+    return json.dumps(json_safe(payload), indent=2, default=str, allow_nan=False)
+
+
 def print_json(payload: Any) -> None:
     """Print ``payload`` as JSON on stdout, with nothing else on the line."""
-    sys.stdout.write(json.dumps(payload, indent=2, default=str) + "\n")
+    sys.stdout.write(json_text(payload) + "\n")
     sys.stdout.flush()
 
 

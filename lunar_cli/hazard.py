@@ -20,14 +20,18 @@ CIRCLE_RGB = (255, 255, 0)  # outline of the largest safe circle on the hazard m
 
 
 def hazard_and_safe(indices: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return (hazard, safe) boolean masks: rocks dilated by ``margin`` px, and ground outside that."""
+    """Return (hazard, safe) boolean masks: every pixel within ``margin`` px of a rock, and ground outside that.
+
+    The margin is a Euclidean distance from the nearest rock pixel (one exact distance
+    transform), so its cost does not grow with the margin.
+    """
     import cv2
 
     indices = np.asarray(indices)
     rocks = np.isin(indices, (class_index("small_rocks"), class_index("large_rocks")))
     if margin > 0 and rocks.any():
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
-        hazard = cv2.dilate(rocks.astype(np.uint8), kernel).astype(bool)
+        distance = cv2.distanceTransform((~rocks).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        hazard = distance <= margin
     else:
         hazard = rocks
     safe = (indices == class_index("ground")) & ~hazard

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from lunar_cli.classes import NUM_CLASSES
-from lunar_cli.console import LunarError
+from lunar_cli.console import LunarError, first_line
 from lunar_cli.engine import Described
+from lunar_cli.models.checkpoint import check_meta_numbers
 
 META_KEY = "lunar"
 FORMAT = "lunar-onnx"
@@ -41,7 +42,11 @@ class OnnxModel(Described):
         from lunar_cli.engine import pad_frames
 
         padded, (top, left, h, w) = pad_frames(frames, self.meta)
-        (out,) = self.session.run(None, {self.session.get_inputs()[0].name: np.ascontiguousarray(padded)})
+        try:
+            (out,) = self.session.run(None, {self.session.get_inputs()[0].name: np.ascontiguousarray(padded)})
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own error classes (InvalidArgument, Fail...)
+            raise LunarError(f"{self.path}: ONNX Runtime could not run the model on a {w}x{h} frame "
+                             f"({first_line(exc)}); export the model again with lunar export") from exc  # fmt: skip
         return out[:, :, top : top + h, left : left + w]
 
 
@@ -62,6 +67,23 @@ def read_metadata(path: Path, session: Any) -> dict:
     return meta
 
 
+def check_signature(path: Path, session: Any) -> None:
+    """Refuse, in one line, an ONNX model that does not take what lunar feeds: uint8 (N, H, W, 3) of any H and W."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    shape = list(inputs[0].shape) if len(inputs) == 1 else []
+    fixed = [d for d in shape[1:3] if isinstance(d, int)]
+    if len(inputs) != 1 or inputs[0].type != "tensor(uint8)" or len(shape) != 4 or shape[3] != 3:
+        got = ", ".join(f"{i.type} {list(i.shape)}" for i in inputs)
+        raise LunarError(f"{path}: the model takes {got}, not uint8 RGB frames (N, H, W, 3) as lunar exports do; "
+                         "export it with lunar export")  # fmt: skip
+    if fixed:
+        raise LunarError(f"{path}: the model takes frames of a fixed {shape[2]}x{shape[1]} only; lunar feeds photos "
+                         "at their own size: export it with lunar export (any size)")  # fmt: skip
+    if len(outputs) != 1 or len(outputs[0].shape) != 4:
+        raise LunarError(f"{path}: the model gives {len(outputs)} output(s) of shape "
+                         f"{[list(o.shape) for o in outputs]}, not logits (N, C, H, W); export it with lunar export")  # fmt: skip
+
+
 def load_onnx(path: Path, threads: int | None = None) -> OnnxModel:
     """Return the ONNX model at ``path`` ready to run on the CPU, refusing foreign or damaged files in one line."""
     import onnxruntime as ort
@@ -76,9 +98,12 @@ def load_onnx(path: Path, threads: int | None = None) -> OnnxModel:
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidProtobuf classes
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise LunarError(f"{path}: not a readable ONNX model ({first}); export it again with lunar export") from exc
+        raise LunarError(
+            f"{path}: not a readable ONNX model ({first_line(exc, 120)}); export it again with lunar export"
+        ) from exc
     meta = read_metadata(path, session)
+    check_meta_numbers(meta, str(path))
+    check_signature(path, session)
     classes = session.get_outputs()[0].shape[1]
     if classes != len(meta.get("classes", [])) or classes != NUM_CLASSES:
         raise LunarError(

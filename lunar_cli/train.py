@@ -152,7 +152,10 @@ def restore(run: Run, ckpt: dict) -> TrainState:
     from lunar_cli.recipe import set_hyperparameters
     from lunar_cli.resume import set_rng_state
 
+    from lunar_cli.models.checkpoint import check_finite_weights
+
     saved = ckpt["train_state"]
+    check_finite_weights(ckpt["model"], f"--resume {run.run_dir}")
     run.model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(saved["optimizer"])
     if run.scheduler is not None and saved.get("scheduler") is not None:
@@ -172,10 +175,25 @@ def restore(run: Run, ckpt: dict) -> TrainState:
                       best_epoch=saved["best_epoch"], stale=saved["stale"])  # fmt: skip
 
 
+class NonFiniteLoss(Exception):
+    """The training loss became NaN or infinite at (or within the few steps before) ``step``."""
+
+    def __init__(self, step: int, value: float) -> None:
+        super().__init__(f"step {step}: loss {value}")
+        self.step, self.value = step, value
+
+
+CHECK_EVERY = 5  # steps between checks that the loss is still finite (each check waits for the device)
+
+
 def train_one_epoch(
     model, loader: "CropLoader", criterion, optimizer, scaler, autocast, update, scheduler=None,
 ) -> tuple[float, int, float]:  # fmt: skip
-    """Train for one epoch (stepping a per-step ``scheduler`` after each step); return (mean loss, images, seconds)."""
+    """Train for one epoch (stepping a per-step ``scheduler`` after each step); return (mean loss, images, seconds).
+
+    Raises NonFiniteLoss as soon as a check sees the summed loss NaN or infinite (every
+    CHECK_EVERY steps and at the end): one bad step poisons the sum, so none is missed.
+    """
     import torch
 
     model.train()
@@ -199,9 +217,12 @@ def train_one_epoch(
             scheduler.step()
         total += loss.detach() * images.shape[0]
         seen += images.shape[0]
-        if update is not None and (step % 5 == 0 or step == len(loader)):
-            elapsed = time.perf_counter() - start
-            update(step, f"loss {total.item() / seen:.4f}  {seen / max(elapsed, 1e-9):.1f} img/s")
+        if step % CHECK_EVERY == 0 or step == len(loader):
+            mean = total.item() / seen
+            if not math.isfinite(mean):
+                raise NonFiniteLoss(step, mean)
+            if update is not None:
+                update(step, f"loss {mean:.4f}  {seen / max(time.perf_counter() - start, 1e-9):.1f} img/s")
     seconds = time.perf_counter() - start
     return float(total.item() / max(seen, 1)), seen, seconds
 
@@ -227,13 +248,20 @@ def run_epoch(run: Run, epoch: int, bar: "EpochProgress") -> dict:
     lr = run.optimizer.param_groups[0]["lr"]
     per_step = run.scheduler if run.cfg.train.scheduler != "plateau" else None
     with bar.epoch(epoch, len(run.loaders.train)) as update:
-        train_loss, seen, seconds = train_one_epoch(
-            run.net, run.loaders.train, run.criterion, run.optimizer, run.scaler, run.precision.autocast, update,
-            per_step,
-        )  # fmt: skip
+        try:
+            train_loss, seen, seconds = train_one_epoch(
+                run.net, run.loaders.train, run.criterion, run.optimizer, run.scaler, run.precision.autocast, update,
+                per_step,
+            )  # fmt: skip
+        except NonFiniteLoss as exc:
+            value = "NaN" if math.isnan(exc.value) else "infinite"
+            where = f"loss {value} by step {exc.step} of {len(run.loaders.train)}"
+            raise LunarError(_diverged(run, epoch, where)) from None
     if run.dist.enabled:
         totals = all_reduce_sum(torch.tensor([train_loss * seen, seen], dtype=torch.float64, device=run.device), run.dist)
         train_loss, seen = float(totals[0] / totals[1]), int(totals[1])
+    if not weights_are_finite(run.model):  # a finite loss with a non-finite gradient: caught before anything is saved
+        raise LunarError(_diverged(run, epoch, "weights not finite after its last step: a non-finite gradient"))
     val_loss, summary = validate(run)
     if run.scheduler is not None and per_step is None:
         run.scheduler.step(summary["miou"] if summary["miou"] is not None else float("nan"))
@@ -242,6 +270,28 @@ def run_epoch(run: Run, epoch: int, bar: "EpochProgress") -> dict:
         "val_pixel_accuracy": summary["pixel_accuracy"], **{f"iou_{n}": summary["iou"][n] for n in CLASS_NAMES},
         "lr": lr, "epoch_seconds": seconds, "images_per_second": seen / max(seconds, 1e-9),
     }  # fmt: skip
+
+
+def _diverged(run: Run, epoch: int, what: str) -> str:
+    """Return the one line that stops a run whose loss (or weights) stopped being finite, with the likely cause."""
+    from lunar_cli.recipe import learning_rate
+
+    t = run.cfg.train
+    causes = f"the learning rate {learning_rate(t):g} is too high (try {learning_rate(t) / 10:g} with --lr)"
+    if t.class_weights not in (None, "auto"):
+        causes += f", or the class weights {t.class_weights} are extreme"
+    if t.init:
+        causes += f", or the --init weights ({t.init}) are far out of range"
+    kept = run.run_dir / "last.pt"
+    return (f"training diverged in epoch {epoch} ({what}): likely {causes}; "
+            f"nothing of this epoch was saved, {kept} holds the last good epoch ({epoch - 1})")  # fmt: skip
+
+
+def weights_are_finite(model: "torch.nn.Module") -> bool:
+    """Return whether every parameter and buffer of ``model`` is finite (no NaN or infinity)."""
+    import torch
+
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
 def _checkpoint_meta(run: Run, state: TrainState) -> dict:
@@ -338,6 +388,16 @@ def _write_config(run: Run) -> None:
     write_text_atomic(run.run_dir / "config.yaml", text)
 
 
+def _refuse_overwriting_init(cfg: Config, run_dir: Path) -> None:
+    """Refuse a run folder (``--exist-ok``) whose checkpoints are the ``--init`` model itself: they would replace it."""
+    from lunar_cli.engine import find_model
+    from lunar_cli.files import refuse_overwrite
+
+    source, _ = find_model(cfg.train.init, cfg.runs_dir)
+    refuse_overwrite([run_dir / "best.pt", run_dir / "last.pt"], [source], "the --init model",
+                     "give the new run another --name, or copy the model elsewhere first")  # fmt: skip
+
+
 def train(
     cfg: Config, *, resume: Path | None = None, changes: list[tuple[str, str]] = (), progress: bool = True
 ) -> dict:
@@ -349,7 +409,7 @@ def train(
     """
     from lunar_cli.models.registry import friendly_name
     from lunar_cli.resume import read_resume_checkpoint, resolve_resume, say_changes
-    from lunar_cli.rundir import lock_run_dir
+    from lunar_cli.rundir import lock_run_dir, remove_if_unused
     from lunar_cli.runtime import setup_distributed, teardown_distributed
     from lunar_cli.train_log import EpochProgress, say_start
 
@@ -361,8 +421,12 @@ def train(
         configure_torch(cfg, device)
         run_dir = open_run_dir(cfg, dist, last, friendly_name(cfg.train.backbone))
         if dist.is_main:
+            if ckpt is None:  # a run that fails before its first checkpoint leaves no empty folder behind
+                stack.callback(remove_if_unused, run_dir)
             lock = lock_run_dir(run_dir)  # one training per run folder
             stack.callback(lambda: lock is not None and lock.close())
+            if ckpt is None and cfg.train.init:
+                _refuse_overwriting_init(cfg, run_dir)
             say_changes(list(changes))
         run = build_run(cfg, dist, device, run_dir, fresh=ckpt is None, progress=progress)
         state = restore(run, ckpt) if ckpt is not None else TrainState()

@@ -47,6 +47,7 @@ CHANGES = {
     "--compile": (["--compile"], "note"),
     "--deterministic": (["--deterministic"], "note"),
     "--workers": (["--workers", "1"], "apply"),
+    "--cache-dir": (None, "apply"),  # another folder: made in the test
     "--seed": (["--seed", "7"], "refuse"),
     "--device": (["--device", "auto"], "apply"),
     "--data-dir": (None, "note"),  # a copy of the dataset elsewhere: made in the test
@@ -81,6 +82,8 @@ def test_each_flag_is_applied_and_said_or_refused(flag, finished_run, tmp_path, 
         args = ["--data-dir", shutil.copytree(data, tmp_path / "data_copy")]
     elif flag == "--runs-dir":
         args = ["--runs-dir", tmp_path / "elsewhere"]
+    elif flag == "--cache-dir":
+        args = ["--cache-dir", tmp_path / "cache"]
     result = cli("train", "--resume", run, *args, "--json")
     shown = " ".join(str(a) for a in args)
     if expected == "refuse":

@@ -58,11 +58,17 @@ def flags_of(values: dict[str, Any], *keys: str, **renamed: str) -> dict[str, An
 
 
 def default_of(dotted: str) -> str:
-    """Return the built-in default of a config key, for help texts."""
+    """Return the built-in default of a config key and its allowed range, for help texts."""
     node: Any = _DEFAULTS
     for part in dotted.split("."):
         node = getattr(node, part)
-    return f"[default: {node}]"
+    within = options.limit_text(dotted)
+    return f"[default: {node}{'; ' + within if within else ''}]"
+
+
+def range_of(dotted: str) -> str:
+    """Return "[X to Y]" for a config key without a printable default (help texts)."""
+    return f"[{options.limit_text(dotted)}]"
 
 
 ConfigOpt = Annotated[
@@ -79,7 +85,7 @@ DeviceOpt = Annotated[
 ]
 ImageSizeOpt = Annotated[
     Optional[int],
-    typer.Option("--image-size", help="Squash frames to this square size, multiple of 32 (the study's 256)."),
+    typer.Option("--image-size", help=f"Squash frames to this square size, multiple of 32 (the study's 256). {range_of('data.image_size')}"),
 ]
 AmpOpt = Annotated[
     Optional[bool],
@@ -92,9 +98,13 @@ ChannelsLastOpt = Annotated[
 TtaOpt = Annotated[
     Optional[bool], typer.Option("--tta", help="Also run each frame mirrored and average the probabilities.")
 ]
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Use only N images per split (quick runs).")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help=f"Use only N images per split (quick runs). {range_of('data.limit')}")]
+CacheDirOpt = Annotated[
+    Optional[Path], typer.Option("--cache-dir", help="Where decoded frames are cached. [default: <data-dir>/cache]")
+]
 WorkersOpt = Annotated[
-    Optional[int], typer.Option("--workers", help="Processes decoding images into the cache (default: all cores).")
+    Optional[int],
+    typer.Option("--workers", help=f"Processes decoding images into the cache. [default: all cores; {options.limit_text('data.workers')}]"),
 ]
 
 

@@ -17,6 +17,7 @@ from lunar_cli.cli.app import (
     WorkersOpt,
     app,
     default_of,
+    range_of,
     report,
 )
 from lunar_cli.config import load_config
@@ -117,7 +118,9 @@ def split(
 def eda(
     data_dir: DataDirOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: <runs-dir>/eda).")] = None,
-    sample: Annotated[Optional[int], typer.Option(help="Analyse a seeded random subset of N rendered images.")] = None,
+    sample: Annotated[
+        Optional[int], typer.Option(help=f"Analyse a seeded random subset of N rendered images. {range_of('eda.sample')}")
+    ] = None,
     mask_source: Annotated[
         Optional[MaskSource], typer.Option(help=f"Label folder under images/. {default_of('split.mask_source')}")
     ] = None,

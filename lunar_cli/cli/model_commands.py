@@ -9,6 +9,7 @@ import typer
 
 from lunar_cli.cli.app import (
     AmpOpt,
+    CacheDirOpt,
     ChannelsLastOpt,
     ConfigOpt,
     DataDirOpt,
@@ -30,9 +31,10 @@ from lunar_cli.cli.app import (
     app,
     default_of,
     flags_of,
+    range_of,
     report,
 )
-from lunar_cli.config import load_config
+from lunar_cli.config import CLASS_WEIGHT_MAX, load_config
 
 
 @app.command()
@@ -63,14 +65,19 @@ def train(
     ] = None,
     image_size: ImageSizeOpt = None,
     limit: LimitOpt = None,
-    patience: Annotated[Optional[int], typer.Option(help="Stop after N epochs without a better val mIoU.")] = None,
+    patience: Annotated[
+        Optional[int], typer.Option(help=f"Stop after N epochs without a better val mIoU. {range_of('train.patience')}")
+    ] = None,
     loss: Annotated[Optional[Loss], typer.Option(help=f"Loss. {default_of('train.loss')}")] = None,
     class_weights: Annotated[
-        Optional[str], typer.Option(help="Cross-entropy class weights: auto (inverse frequency) or 4 numbers a,b,c,d.")
+        Optional[str],
+        typer.Option(help="Cross-entropy class weights: auto (inverse frequency) or 4 numbers a,b,c,d. "
+                    f"[each 0 to {CLASS_WEIGHT_MAX:g}]"),
     ] = None,
     optimizer: Annotated[Optional[Optim], typer.Option(help=f"Optimiser. {default_of('train.optimizer')}")] = None,
     lr: Annotated[
-        Optional[float], typer.Option(help="Learning rate. [default: 3e-3 adamw on custom, 1e-3 adam(w), 1e-2 sgd]")
+        Optional[float],
+        typer.Option(help="Learning rate. [default: 3e-3 adamw on custom, 1e-3 adam(w), 1e-2 sgd; above 0 to 10]"),
     ] = None,
     scheduler: Annotated[Optional[Schedule], typer.Option(help=f"LR schedule. {default_of('train.scheduler')}")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run folder name under runs/train (default: the backbone).")] = None,
@@ -86,6 +93,7 @@ def train(
         Optional[bool], typer.Option("--deterministic", help="Deterministic algorithms (exact resume).")
     ] = None,
     workers: WorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
@@ -101,7 +109,7 @@ def train(
     flags = flags_of(
         locals(), "train.backbone", "train.encoder_weights", "train.init", "train.width", "train.depth",
         "train.epochs", "train.batch_size", "train.recipe", "data.scale", "data.crop_size", "data.image_size",
-        "data.limit", "data.workers", "train.patience", "train.loss", "train.optimizer", "train.lr",
+        "data.limit", "data.workers", "data.cache_dir", "train.patience", "train.loss", "train.optimizer", "train.lr",
         "train.scheduler", "train.name", "train.exist_ok", "amp", "channels_last", "train.deterministic", "seed",
         "device", "data_dir", "runs_dir", compile_model="train.compile",
     )  # fmt: skip
@@ -124,6 +132,7 @@ def evaluate(
     tta: TtaOpt = None,
     limit: LimitOpt = None,
     workers: WorkersOpt = None,
+    cache_dir: CacheDirOpt = None,
     device: DeviceOpt = None,
     amp: AmpOpt = None,
     channels_last: ChannelsLastOpt = None,
@@ -143,6 +152,7 @@ def evaluate(
             "evaluate.tta": tta,
             "data.limit": limit,
             "data.workers": workers,
+            "data.cache_dir": cache_dir,
             "device": device,
             "amp": amp,
             "channels_last": channels_last,
@@ -154,7 +164,7 @@ def evaluate(
         target, runs_dir=cfg.runs_dir, data_dir=cfg.data_dir, splits=cfg.evaluate.splits, batch_size=cfg.evaluate.batch_size,
         tta=cfg.evaluate.tta,
         device=cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, limit=cfg.data.limit,
-        workers=cfg.data.workers, skip_bad=cfg.data.skip_bad, grid=cfg.evaluate.grid,
+        workers=cfg.data.workers, skip_bad=cfg.data.skip_bad, grid=cfg.evaluate.grid, cache_dir=cfg.data.cache_dir,
         progress=not json_out,
     )  # fmt: skip
     report(result, json_out, "evaluate")
@@ -231,6 +241,7 @@ def compare(
     ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: <runs-dir>/compare).")] = None,
     images: Annotated[Optional[int], typer.Option(help=f"Real images in the grid. {default_of('compare.images')}")] = None,
+    cache_dir: CacheDirOpt = None,
     device: DeviceOpt = None,
     data_dir: DataDirOpt = None,
     runs_dir: RunsDirOpt = None,
@@ -242,11 +253,12 @@ def compare(
 
     cfg = load_config(
         config,
-        {"compare.out": out, "compare.images": images, "device": device, "data_dir": data_dir, "runs_dir": runs_dir},
+        {"compare.out": out, "compare.images": images, "data.cache_dir": cache_dir, "device": device,
+         "data_dir": data_dir, "runs_dir": runs_dir},
     )
     result = compare_runs(
         runs or None, runs_dir=cfg.runs_dir, data_dir=cfg.data_dir, out_dir=cfg.compare.out, device=cfg.device,
-        n_images=cfg.compare.images, progress=not json_out,
+        n_images=cfg.compare.images, cache_dir=cfg.data.cache_dir, progress=not json_out,
     )  # fmt: skip
     report(result, json_out, "compare")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.error import HTTPError, URLError
 
-from lunar_cli.console import LunarError, info, track
+from lunar_cli.console import LunarError, first_line, info, track
 
 DRIVE_ID = re.compile(r"^[A-Za-z0-9_-]{20,}$")  # a bare Google Drive file id
 CHUNK = 1 << 20  # bytes read or written at a time
@@ -28,9 +28,7 @@ def short_reason(exc: BaseException) -> str:
     """Return the first line of exc's message, short enough for a one-line error."""
     if isinstance(exc, URLError) and not isinstance(exc, HTTPError):
         exc = exc.reason if isinstance(exc.reason, BaseException) else exc  # drop the "<urlopen error ...>" wrapper
-    lines = str(exc).strip().splitlines()
-    text = (lines[0] if lines else "") or type(exc).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
+    return first_line(exc)
 
 
 def download_target(spec: str) -> str | None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lunar_cli.classes import CLASSES, NUM_CLASSES
-from lunar_cli.console import LunarError
+from lunar_cli.console import LunarError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -161,7 +161,7 @@ def save_checkpoint(path: Path, *, model_state: dict, meta: dict, extra: dict | 
             ) from exc
         except RuntimeError as exc:
             raise LunarError(
-                f"{path}: could not save the checkpoint ({str(exc).splitlines()[0][:120]}); "
+                f"{path}: could not save the checkpoint ({first_line(exc, 120)}); "
                 f"any previous {path.name} is unchanged"
             ) from exc
 
@@ -191,6 +191,7 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     # Zip (torch >= 1.6) or a pickle stream (legacy torch format); anything else is not ours.
     if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):
         raise LunarError(f"{path}: not a lunar checkpoint (not a PyTorch file)")
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # protocol warnings for foreign pickles
@@ -204,6 +205,11 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
             ) from exc
         raise LunarError(f"{path}: not a lunar checkpoint (unreadable pickle data)") from exc
     except (RuntimeError, EOFError, ValueError, KeyError, OSError) as exc:
+        if "TorchScript" in str(exc):  # torch recognises its own TorchScript archives
+            raise LunarError(
+                f"{path}: a TorchScript export (lunar export --format torchscript), for C++ and mobile apps; lunar "
+                "runs checkpoints (best.pt of a run) or ONNX exports (lunar export --format onnx)"
+            ) from exc
         raise LunarError(f"{path}: corrupt or truncated checkpoint (cannot read it as a PyTorch file)") from exc
 
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("meta"), dict):
@@ -227,7 +233,42 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     model = ckpt.get("model")
     if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
         raise LunarError(f"{path}: damaged lunar checkpoint (no model weights)")
+    check_meta_numbers(meta, str(path))
     return ckpt
+
+
+def check_meta_numbers(meta: dict[str, Any], name: str) -> None:
+    """Refuse, in one line, a model whose normalisation or calibration is not a finite, usable number.
+
+    A NaN temperature or a zero standard deviation would turn every photo into NaN
+    probabilities, and every mask into ground, without an error.
+    """
+    import math
+
+    def finite(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    norm = meta.get("normalization") or meta.get("normalization_in_graph") or {}
+    mean, std = norm.get("mean"), norm.get("std")
+    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3
+            and all(finite(v) for v in mean) and all(finite(v) and v > 0 for v in std)):  # fmt: skip
+        raise LunarError(f"{name}: damaged model (normalisation mean {mean}, std {std}: 3 finite numbers each, "
+                         "std above 0); retrain or export the model again")  # fmt: skip
+    calibration = meta.get("calibration") or {}
+    for key, ok in (("temperature", lambda v: finite(v) and v > 0), ("ood_threshold", finite)):
+        if calibration.get(key) is not None and not ok(calibration[key]):
+            raise LunarError(f"{name}: damaged model (calibration {key} {calibration[key]!r}); retrain it, or "
+                             "calibrate it again by resuming its run")  # fmt: skip
+
+
+def check_finite_weights(weights: dict[str, "torch.Tensor"], name: str) -> None:
+    """Refuse, in one line, weights holding NaN or infinity (a run that diverged, or a damaged file)."""
+    import torch
+
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise LunarError(f"{name}: {len(bad)} weight tensor(s) hold NaN or infinity (e.g. {bad[0]!r}): the run "
+                         "diverged or the file is damaged; train again with a lower --lr")  # fmt: skip
 
 
 def build_from_checkpoint(ckpt: dict[str, Any], name: str = "checkpoint") -> "torch.nn.Module":
@@ -250,17 +291,21 @@ def build_from_checkpoint(ckpt: dict[str, Any], name: str = "checkpoint") -> "to
 
 
 def load_weights(model: "torch.nn.Module", weights: dict, backbone: str, name: str) -> None:
-    """Load a checkpoint's ``weights`` into ``model`` (strict), or raise one line saying how they do not fit."""
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as exc:
-        expected = model.state_dict()
-        missing = sum(k not in weights for k in expected)
-        unexpected = sum(k not in expected for k in weights)
+    """Load a checkpoint's finite ``weights`` into ``model`` (strict), or raise one line saying how they do not fit."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    wrong = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        example = (wrong or missing or unexpected)[0]
+        shapes = f": {tuple(weights[example].shape)} for {tuple(expected[example].shape)}" if wrong else ""
         raise LunarError(
-            f"{name}: weights do not fit a {backbone} model ({missing} missing, {unexpected} unexpected "
-            "keys or wrong shapes); the file is damaged or was edited"
-        ) from exc
+            f"{name}: weights do not fit a {backbone} model ({len(missing)} missing, {len(unexpected)} unexpected, "
+            f"{len(wrong)} wrong-shape keys, e.g. {example!r}{shapes}); the file is damaged, was edited, or was "
+            "trained for other classes"
+        )
+    check_finite_weights(weights, name)
+    model.load_state_dict(weights, strict=True)
 
 
 def describe_architecture(backbone: str, model_kwargs: dict) -> str:

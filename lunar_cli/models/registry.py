@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lunar_cli.classes import NUM_CLASSES
-from lunar_cli.console import LunarError
+from lunar_cli.console import LunarError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -303,8 +303,7 @@ def load_encoder_weights(encoder_module: "torch.nn.Module", path: Path, encoder:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-        raise LunarError(f"encoder weights {path}: not a readable weights file ({first})") from exc
+        raise LunarError(f"encoder weights {path}: not a readable weights file ({first_line(exc, 120)})") from exc
     if isinstance(state, dict):
         for wrapper in ("model", "state_dict"):
             if isinstance(state.get(wrapper), dict):
