@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from lunar_cli.console import LunarError, info, warn
+from lunar_cli.rundir import run_files
 
 if TYPE_CHECKING:
     from lunar_cli.data.cache import CachedSplit
@@ -84,6 +85,7 @@ def read_metrics(run: Path) -> dict:
 
 def scores_for(
     run: Path, label: str, *, data_dir: Path, device: str, available: Sequence[str], progress: bool,
+    cache_dir: Path | None = None,
 ) -> dict[str, dict]:  # fmt: skip
     """Return {split: results} for test and test_real of one run, evaluating the splits eval.json lacks."""
     from lunar_cli.evaluate import current_splits, evaluate_model
@@ -93,7 +95,8 @@ def scores_for(
     missing = [s for s in SCORE_SPLITS if s in available and s not in have]
     if missing:
         info(f"{label}: no up-to-date {' and '.join(missing)} results in eval.json; evaluating now")
-        result = evaluate_model(checkpoint, data_dir=data_dir, splits=missing, device=device, progress=progress)
+        result = evaluate_model(checkpoint, data_dir=data_dir, splits=missing, device=device, cache_dir=cache_dir,
+                                progress=progress)  # fmt: skip
         have.update(result["splits"])
     return {s: have[s] for s in SCORE_SPLITS if s in have}
 
@@ -153,6 +156,7 @@ def pick_images(split: "CachedSplit", count: int) -> list[int]:
 
 def side_by_side_predictions(
     runs: Sequence[Path], *, data_dir: Path, split_name: str, n_images: int, device: str, progress: bool,
+    cache_dir: Path | None = None,
 ) -> list[tuple[str, np.ndarray, np.ndarray, list[np.ndarray], list[float]]]:
     """Return one (file name, image, truth, prediction per run, mIoU per run) per shown image.
 
@@ -161,7 +165,7 @@ def side_by_side_predictions(
     """
     import torch
 
-    from lunar_cli.data.cache import build_or_load_cache
+    from lunar_cli.data.cache import build_or_load_cache, cache_folder
     from lunar_cli.data.split import split_pairs
     from lunar_cli.engine import load_model
     from lunar_cli.evaluate import predicted_frames
@@ -175,7 +179,7 @@ def side_by_side_predictions(
     preds = []  # per run: one full-resolution class map per shown image
     for run in runs:
         model = load_model(Path(run) / "best.pt", dev)
-        split = build_or_load_cache(pairs, model.frame_size, Path(data_dir) / "cache", name=split_name,
+        split = build_or_load_cache(pairs, model.frame_size, cache_folder(data_dir, cache_dir), name=split_name,
                                     progress=progress)  # fmt: skip
         if not files:
             files = [split.files[r] for r in pick_images(split, n_images)]
@@ -196,7 +200,7 @@ def side_by_side_predictions(
 
 def compare_runs(
     runs: Sequence[Path] | None, *, runs_dir: Path, data_dir: Path, out_dir: Path | None = None,
-    device: str = "auto", n_images: int = 4, progress: bool = True,
+    device: str = "auto", n_images: int = 4, cache_dir: Path | None = None, progress: bool = True,
 ) -> dict:  # fmt: skip
     """Compare trained runs: curves, test and real mIoU, predictions side by side, a ranked table.
 
@@ -204,7 +208,7 @@ def compare_runs(
     ``out_dir`` (default ``runs_dir/compare``); returns compare.json's content plus "files".
     """
     from lunar_cli.evaluate import SPLIT_TITLES, manifest_counts
-    from lunar_cli.files import write_json_atomic, write_text_atomic
+    from lunar_cli.files import refuse_overwrite, write_json_atomic, write_text_atomic
     from lunar_cli.plots import (
         plot_bar_comparison,
         plot_compare_curves,
@@ -224,16 +228,31 @@ def compare_runs(
     if progress:
         info(f"comparing {len(folders)} run(s): {', '.join(labels)}")
 
-    rows, histories, bars = [], {}, {}
+    outputs = [out_dir / name for name in ("curves.png", "miou.png", "predictions.png", "compare.md", "compare.json")]
+    refuse_overwrite(outputs, [f for run in folders for f in run_files(run)], "a file of a compared run",
+                     "choose another -o")  # fmt: skip
+
+    rows, histories, bars, kept = [], {}, {}, []
     for run, label in zip(folders, labels):
+        try:  # one unusable run (damaged or non-finite weights) is left out, not the whole comparison
+            scores = scores_for(run, label, data_dir=data_dir, device=device, available=available, cache_dir=cache_dir,
+                                progress=progress)  # fmt: skip
+        except LunarError as exc:
+            if len(folders) == 1:
+                raise
+            warn(f"{run}: left out of the comparison ({exc})")
+            continue
+        kept.append((run, label))
         history = read_history(run)
         if history:
             histories[label] = history
         else:
             warn(f"{run}: no history.csv; its curves are left out")
-        scores = scores_for(run, label, data_dir=data_dir, device=device, available=available, progress=progress)
         rows.append(summary_row(run, label, history, read_metrics(run), scores))
         bars[label] = {SPLIT_TITLES[s]: scores.get(s, {}).get("miou") for s in available}
+    if not kept:
+        raise LunarError(f"none of the {len(folders)} runs could be scored (see the warnings); train or fix them first")
+    folders, labels = [run for run, _ in kept], [label for _, label in kept]
     ranked = rank_rows(rows)
 
     files = []
@@ -245,7 +264,8 @@ def compare_runs(
     if n_images > 0:
         shown_split = "test_real" if "test_real" in available else "test"
         grid = side_by_side_predictions(
-            folders, data_dir=data_dir, split_name=shown_split, n_images=n_images, device=device, progress=progress
+            folders, data_dir=data_dir, split_name=shown_split, n_images=n_images, device=device, cache_dir=cache_dir,
+            progress=progress,
         )
         files.append(plot_side_by_side_predictions(
             out_dir / "predictions.png", grid, labels, f"predictions on {SPLIT_TITLES[shown_split]}"

@@ -96,9 +96,11 @@ def find_model(model: Path | str | None, runs_dir: Path, models_dir: Path = Path
             return builtin()
         model = Path(model)
         if model.is_dir():
-            for candidate in (model / "best.pt", model / "weights" / "best.pt", model / "last.pt"):
+            for candidate in (model / "best.pt", model / "weights" / "best.pt"):
                 if candidate.is_file():
                     return candidate, "given"
+            if (model / "last.pt").is_file():
+                return _last_of_unfinished_run(model / "last.pt"), "given"
             raise LunarError(f"{model}: no best.pt or last.pt in this folder; give a checkpoint file or a run folder")
         if not model.exists():
             raise LunarError(f"{model}: no such model file; give a checkpoint (.pt), an .onnx, a run folder or builtin")
@@ -107,6 +109,19 @@ def find_model(model: Path | str | None, runs_dir: Path, models_dir: Path = Path
     newest = (latest_file(train_dir, "best.pt") if train_dir.is_dir() else None) or (
         latest_file(models_dir, "*.pt") if models_dir.is_dir() else None)  # fmt: skip
     return (newest, "newest") if newest is not None else builtin()
+
+
+def _last_of_unfinished_run(last: Path) -> Path:
+    """Return a run's last.pt to use for lack of a best.pt, saying so; refuse one saved before any epoch ended."""
+    from lunar_cli.console import info
+    from lunar_cli.models.checkpoint import load_checkpoint
+
+    epoch = load_checkpoint(last, mmap=True)["meta"].get("epoch")
+    if not epoch:
+        raise LunarError(f"{last}: the run has no best.pt and its last.pt is from epoch 0 (saved before training: "
+                         f"untrained weights); finish the run with lunar train --resume {last.parent}")  # fmt: skip
+    info(f"{last.parent}: no best.pt (its training stopped early); using last.pt, from epoch {epoch}")
+    return last
 
 
 def said_model(path: Path, how: str, runs_dir: Path) -> str | None:

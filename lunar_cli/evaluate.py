@@ -206,7 +206,7 @@ def evaluate_model(
     batch_size: int = 8,
     device: str = "auto", limit: int | None = None, workers: int | None = None, amp: bool | None = None,
     channels_last: bool | None = None, tta: bool = False, grid: int = 3, skip_bad: bool = False,
-    progress: bool = True,
+    cache_dir: Path | None = None, progress: bool = True,
 ) -> dict:  # fmt: skip
     """Score a trained model on each split; write eval.json and figures; return the numbers.
 
@@ -218,7 +218,7 @@ def evaluate_model(
     scored now (with ``tta``, each split also has "tta": its scores with flip TTA and the gain).
     A requested split with no images is skipped with a warning (an error if none is left).
     """
-    from lunar_cli.data.cache import build_or_load_cache
+    from lunar_cli.data.cache import build_or_load_cache, cache_folder
     from lunar_cli.data.split import split_pairs
     from lunar_cli.engine import load_model
     from lunar_cli.files import write_json_atomic
@@ -240,7 +240,7 @@ def evaluate_model(
     files: list[str] = []
     for name in names:
         split = build_or_load_cache(
-            split_pairs(data_dir, name), model.frame_size, data_dir / "cache", name=name, workers=workers,
+            split_pairs(data_dir, name), model.frame_size, cache_folder(data_dir, cache_dir), name=name, workers=workers,
             skip_bad=skip_bad, progress=progress,
         )  # fmt: skip
         record, matrix, rows, scores = score_split(model, split, batch_size=batch_size, limit=limit, tta=tta, grid=grid,

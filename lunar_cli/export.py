@@ -137,10 +137,13 @@ def compare_with_pytorch(model: "Model", out: Path, fmt: str, sample: np.ndarray
 def export_model(source: Path, out: Path, fmt: str = "onnx") -> dict:
     """Write the model at ``source`` (checkpoint or run folder) to ``out`` as ``fmt``; check it; return what was done."""
     from lunar_cli.engine import find_model, load_model, pad_multiple
-    from lunar_cli.files import atomic_path
+    from lunar_cli.files import atomic_path, refuse_overwrite
+    from lunar_cli.rundir import run_files
 
     checkpoint, _ = find_model(source, Path("runs"))
     out = Path(out)
+    refuse_overwrite([out], [checkpoint, *run_files(checkpoint.parent)], "a file of the model it exports",
+                     "choose another -o, e.g. model.onnx")  # fmt: skip
     if out.is_dir():
         raise LunarError(f"{out}: is a folder; give the file to write, e.g. {out / ('model.' + fmt)}")
     if not out.parent.is_dir():

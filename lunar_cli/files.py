@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
-from lunar_cli.console import LunarError
+from lunar_cli.console import LunarError, json_text
 
 
 def _umask() -> int:
@@ -54,7 +53,7 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write ``payload`` as indented JSON to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(payload, indent=2, default=str) + "\n")
+    write_text_atomic(path, json_text(payload) + "\n")
 
 
 @contextlib.contextmanager
@@ -79,3 +78,26 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _file_keys(path: Path) -> list[Any]:
+    """Return what identifies a file: its resolved path, and its (device, inode) when it exists."""
+    keys: list[Any] = [path.resolve()]
+    try:
+        st = path.stat()
+    except OSError:  # not there (yet): only the path can match
+        return keys
+    return keys + [(st.st_dev, st.st_ino)]
+
+
+def refuse_overwrite(targets: Iterable[Path], protected: Iterable[Path], what: str, hint: str) -> None:
+    """Raise one line when a file a command is about to write is one it reads (``what`` names those: "an input photo").
+
+    Compares resolved paths and inodes, so ``./best.pt``, a symbolic link to it or a hard
+    link all count as the same file. ``hint`` says what to do instead.
+    """
+    known = {key: Path(p) for p in protected for key in _file_keys(Path(p))}
+    for target in (Path(t) for t in targets):
+        source = next((known[key] for key in _file_keys(target) if key in known), None)
+        if source is not None:
+            raise LunarError(f"{target}: would overwrite {what} ({source}); {hint}")

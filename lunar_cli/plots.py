@@ -38,6 +38,7 @@ DPI = 100  # compact files; a 3-panel figure is about 1000 px wide
 PANEL_IN = 3.2  # width of one image panel in inches
 UNLABELED_RGB = (128, 128, 128)
 EDGE = "0.35"  # outline drawn around colour swatches and bars so black ground stays visible
+MAX_INLINE_LEGEND = 8  # runs named in a legend inside the mIoU plot; more go in rows under the figure
 
 
 def plot_examples_grid(path: Path, rows: list[tuple[str, np.ndarray, np.ndarray]], title: str) -> Path:
@@ -163,7 +164,9 @@ def plot_compare_curves(path: Path, runs: dict[str, list[dict[str, Any]]], title
 
     if not runs:
         raise LunarError(f"{path}: no runs to compare")
-    fig = _figure(10, 3.9)
+    # Many runs: their names go in a legend under both plots, in rows of five, so the plots keep their size.
+    many = len(runs) > MAX_INLINE_LEGEND
+    fig = _figure(10, 3.9 + (0.22 * math.ceil(len(runs) / 5) if many else 0))
     ax_loss, ax_iou = fig.subplots(1, 2)
     for k, (name, history) in enumerate(runs.items()):
         colour = f"C{k % 10}"
@@ -176,7 +179,9 @@ def plot_compare_curves(path: Path, runs: dict[str, list[dict[str, Any]]], title
     ax_iou.set_title("validation mIoU", fontsize=10)
     ax_iou.set_ylim(0, 1.02)
     for ax in (ax_loss, ax_iou):
-        _epoch_axis(ax, legend=ax is ax_iou)
+        _epoch_axis(ax, legend=ax is ax_iou and not many)
+    if many:
+        fig.legend(*ax_iou.get_legend_handles_labels(), loc="outside lower center", ncol=5, frameon=False, fontsize=7)
     return _finish(fig, path, title, class_legend=False)
 
 

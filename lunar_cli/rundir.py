@@ -37,6 +37,17 @@ def make_run_dir(root: Path, name: str, exist_ok: bool = False) -> Path:
     raise LunarError(f"{root}: 10,000 runs named {name!r} already; choose another --name")
 
 
+def remove_if_unused(run_dir: Path) -> None:
+    """Remove ``run_dir`` if it holds nothing but its lock file (a run that stopped before writing anything)."""
+    run_dir = Path(run_dir)
+    try:
+        if {p.name for p in run_dir.iterdir()} <= {".lock"}:
+            (run_dir / ".lock").unlink(missing_ok=True)
+            run_dir.rmdir()
+    except OSError:  # gone already, or not ours to remove: leave it
+        pass
+
+
 def lock_run_dir(run_dir: Path) -> IO[str] | None:
     """Return an open handle that holds an exclusive lock on ``run_dir``; close it to release.
 
@@ -69,6 +80,22 @@ def lock_run_dir(run_dir: Path) -> IO[str] | None:
     handle.write(f"{os.getpid()}\n")
     handle.flush()
     return handle
+
+
+# What train and evaluate write into a run folder: nothing may be written over these.
+RUN_FILES = ("config.yaml", "history.csv", "metrics.json", "curves.png")
+RUN_PATTERNS = ("*.pt", "*eval.json", "*confusion_*.png", "*predictions_*.png")
+
+
+def run_files(folder: Path) -> list[Path]:
+    """Return the files of the training run in ``folder`` (checkpoints, history, results), or [] if it holds no run."""
+    folder = Path(folder)
+    if not any((folder / name).is_file() for name in ("best.pt", "last.pt")):
+        return []
+    found = {folder / name for name in RUN_FILES}
+    for pattern in RUN_PATTERNS:
+        found.update(folder.glob(pattern))
+    return sorted(p for p in found if p.is_file())
 
 
 def latest_file(root: Path, filename: str) -> Path | None:

@@ -81,6 +81,11 @@ class _InvalidCache(Exception):
     """A cache folder that exists but cannot be used (reason in the message)."""
 
 
+def cache_folder(data_dir: Path, cache_dir: Path | None = None) -> Path:
+    """Return where a dataset's decoded frames are cached: ``cache_dir`` if given, else ``<data_dir>/cache``."""
+    return Path(cache_dir) if cache_dir is not None else Path(data_dir) / "cache"
+
+
 def _common_root(pairs: Sequence[tuple[Path, Path]]) -> Path:
     paths = [str(Path(p).absolute()) for pair in pairs for p in pair]
     return Path(os.path.commonpath(paths))
@@ -187,12 +192,13 @@ def _shrink(path: Path, arr: np.ndarray, count: int) -> np.ndarray:
 
 def _probe_sizes(pairs: list[tuple[Path, Path]]) -> list[tuple[int, int] | str]:
     """Return each image's (height, width) from its header, or the error line of an unreadable one."""
-    from lunar_cli.data.probe import probe_image
+    from lunar_cli.data.probe import check_pixel_budget, probe_image
 
     sizes: list[tuple[int, int] | str] = []
     for image, _mask in pairs:
         try:
             width, height = probe_image(image)
+            check_pixel_budget(image, width, height)  # before the canvas of the whole split is sized by it
             sizes.append((height, width))
         except LunarError as exc:
             sizes.append(str(exc))
@@ -368,7 +374,7 @@ def build_or_load_cache(
         except _InvalidCache:
             raise LunarError(
                 f"{cache_root}: cannot write the {name} cache ({exc.strerror or exc}); "
-                "free disk space or choose another cache folder"
+                "free disk space, or put the cache elsewhere with --cache-dir"
             ) from exc
         return _checked(split, dropped, name, skip_bad, progress)
     if progress:

@@ -165,6 +165,15 @@ def _refuse_existing(data_dir: Path, force: bool) -> None:
             )
 
 
+def _refuse_copy_into_itself(root: Path, data_dir: Path) -> None:
+    """Refuse a data folder inside the folders it is copied from: the copy would grow as it is made."""
+    target = data_dir.resolve()
+    for part in DATASET_PARTS:
+        if (root / part).is_dir() and target.is_relative_to((root / part).resolve()):
+            raise LunarError(f"--data-dir {data_dir} is inside {root / part}, which it would copy into itself; "
+                             "choose a data folder outside the dataset")  # fmt: skip
+
+
 def _record(source: str, root: Path, counts: dict, extra: dict) -> dict:
     from lunar_cli import __version__
 
@@ -278,6 +287,8 @@ def fetch_dataset(
             )
         if local.is_dir() and _find_root(local, source).resolve() == data_dir.resolve():
             return _register_in_place(data_dir, str(local.resolve()), force)
+        if local.is_dir():
+            _refuse_copy_into_itself(_find_root(local, source), data_dir)
     _refuse_existing(data_dir, force)  # before downloading gigabytes
     data_dir.mkdir(parents=True, exist_ok=True)
     for stale in data_dir.glob(".fetch-*.partial"):  # left by a fetch that was killed outright

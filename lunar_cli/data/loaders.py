@@ -55,12 +55,12 @@ def make_loaders(
     seed: int, dist: Dist, channels_last: bool, progress: bool,
 ) -> Loaders:  # fmt: skip
     """Return train (random crops, augmented, shuffled, sharded) and val (whole frames) loaders over the caches."""
-    from lunar_cli.data.cache import build_or_load_cache
+    from lunar_cli.data.cache import build_or_load_cache, cache_folder
     from lunar_cli.data.dataset import CropLoader, FrameLoader
     from lunar_cli.data.split import split_pairs
     from lunar_cli.runtime import barrier
 
-    cache_root = Path(data_dir) / "cache"
+    cache_root = cache_folder(data_dir, data.cache_dir)
     splits = {}
     # Rank 0 decodes; the other ranks wait, then map the same files.
     for turn in ("main", "others"):
