@@ -21,8 +21,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; before torch loads
 
 import torch
-
 from bench_results import machine, model_kwargs, update_section
+
 from lunar_cli.models.registry import BACKBONES, build_model
 
 # What is timed: (training?, batch, height, width) -> its name in the table.

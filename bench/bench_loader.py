@@ -20,7 +20,6 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-
 from bench_results import machine, update_section
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -200,7 +199,8 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
     args = parser.parse_args()
 
-    from lunar_cli.data.cache import FrameSize, build_or_load_cache
+    from lunar_cli.data.cache import build_or_load_cache
+    from lunar_cli.frames import FrameSize
 
     with tempfile.TemporaryDirectory(prefix="lunar-bench-") as tmp:
         tmp_dir = Path(tmp)

@@ -38,8 +38,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; before torch loads
 
 import numpy as np
-
 from bench_results import machine, model_kwargs, precisions, update_section
+
 from lunar_cli.classes import PALETTE
 from lunar_cli.parallel import cpu_cores
 
@@ -52,7 +52,7 @@ def make_checkpoint(path: Path, backbone: str) -> Path:
     """Save a freshly initialised model as a lunar checkpoint fed at scale 1; return ``path``."""
     import torch
 
-    from lunar_cli.data.cache import FrameSize
+    from lunar_cli.frames import FrameSize
     from lunar_cli.models.checkpoint import checkpoint_meta, save_checkpoint
     from lunar_cli.models.registry import build_model, normalization
 
@@ -84,7 +84,7 @@ def forward_rate(ckpt: Path, photos: list[Path], amp: bool, batch: int = 8) -> f
     import cv2
     import torch
 
-    from lunar_cli.engine import forward, load_model, to_input
+    from lunar_cli.torch_model import forward, load_model, to_input
 
     model = load_model(ckpt, "cpu", amp=amp)
     frames = torch.from_numpy(np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in photos]))

@@ -28,6 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does
 
 import numpy as np
 import torch
+from bench_results import machine, model_kwargs, precisions, update_section
 
 from lunar_cli.config import AugmentConfig, TrainConfig
 from lunar_cli.data.cache import CachedSplit
@@ -36,8 +37,6 @@ from lunar_cli.models.registry import build_model, normalization
 from lunar_cli.recipe import make_criterion, make_optimizer
 from lunar_cli.runtime import choose_precision
 from lunar_cli.train import train_one_epoch
-
-from bench_results import machine, model_kwargs, precisions, update_section
 
 CPU = torch.device("cpu")
 

@@ -65,7 +65,7 @@ _lunar() {
         evaluate) COMPREPLY=($(compgen -W "--split --batch-size --tta --limit --workers --cache-dir --device --amp --no-amp --channels-last --no-channels-last --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         predict) COMPREPLY=($(compgen -W "--output -o --model -m --format -f --tile --overlap --hazard --hazard-margin --uncertainty --tta --batch-size --strict --device --amp --no-amp --channels-last --no-channels-last --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         compare) COMPREPLY=($(compgen -W "--out -o --images --cache-dir --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
-        export) COMPREPLY=($(compgen -W "--output -o --format -f --config -c --json --help -h" -- "$cur")) ;;
+        export) COMPREPLY=($(compgen -W "--output -o --format -f --runs-dir --config -c --json --help -h" -- "$cur")) ;;
     esac
 }
 complete -o default -F _lunar lunar

@@ -122,6 +122,7 @@ complete -c lunar -n '__fish_seen_subcommand_from compare' -l json -d 'Print the
 complete -c lunar -n '__fish_seen_subcommand_from compare' -l help -s h -d 'Show help and exit'
 complete -c lunar -n '__fish_seen_subcommand_from export' -l output -s o -r -F -d 'File to write (model.onnx, model.ts)'
 complete -c lunar -n '__fish_seen_subcommand_from export' -l format -s f -r -a 'onnx torchscript' -d 'File format'
+complete -c lunar -n '__fish_seen_subcommand_from export' -l runs-dir -r -F -d 'Runs folder'
 complete -c lunar -n '__fish_seen_subcommand_from export' -l config -s c -r -F -d 'YAML config file; flags given here override it'
 complete -c lunar -n '__fish_seen_subcommand_from export' -l json -d 'Print the result as JSON on stdout (for scripts)'
 complete -c lunar -n '__fish_seen_subcommand_from export' -l help -s h -d 'Show help and exit'

@@ -9,9 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from lunar_cli.console import LunarError
+from lunar_cli.data.probe import MAX_PIXELS, PNG_SIGNATURE, check_pixel_budget, check_png_chunks, probe_image
+from lunar_cli.files import atomic_path
 
 
 @dataclass(frozen=True)
@@ -120,9 +123,6 @@ def decode_image_file(path: Path, what: str = "image", max_pixels: int | None = 
     damaged or not a readable image, or when its header claims more than ``max_pixels``
     (default ``probe.MAX_PIXELS``): checked before decoding, so memory stays flat.
     """
-    import cv2
-
-    from lunar_cli.data.probe import MAX_PIXELS, PNG_SIGNATURE, check_pixel_budget, check_png_chunks, probe_image
 
     path = Path(path)
     width, height = probe_image(path)
@@ -162,9 +162,6 @@ def read_mask(path: Path) -> tuple[np.ndarray, float]:
 
 def write_png_atomic(path: Path, rgb_or_gray: np.ndarray) -> None:
     """Write an RGB (H, W, 3) or single-channel (H, W) uint8 array as PNG, atomically."""
-    import cv2
-
-    from lunar_cli.files import atomic_path
 
     a = np.asarray(rgb_or_gray)
     if a.ndim == 3:

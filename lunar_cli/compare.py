@@ -9,17 +9,26 @@ ranked by mIoU on the real photos, the question the study asks, then on rendered
 from __future__ import annotations
 
 import csv
+import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
+import torch
 
+from lunar_cli.config import Config
 from lunar_cli.console import LunarError, info, warn
+from lunar_cli.data.cache import CachedSplit, build_or_load_cache, cache_folder
+from lunar_cli.data.split import split_pairs
+from lunar_cli.evaluate import SPLIT_TITLES, current_splits, evaluate_model, manifest_counts, predicted_frames
+from lunar_cli.files import refuse_overwrite, write_json_atomic, write_text_atomic
+from lunar_cli.metrics import image_matrices, mean_iou
+from lunar_cli.model_files import find_runs
+from lunar_cli.plots import plot_bar_comparison, plot_compare_curves, plot_side_by_side_predictions
 from lunar_cli.rundir import run_files
-
-if TYPE_CHECKING:
-    from lunar_cli.data.cache import CachedSplit
+from lunar_cli.runtime import select_device
+from lunar_cli.torch_model import load_model
 
 SCORE_SPLITS = ("test", "test_real")
 TABLE_COLUMNS = [
@@ -27,32 +36,6 @@ TABLE_COLUMNS = [
     ("best_epoch", "best epoch"), ("best_val_miou", "best val mIoU"), ("test_miou", "test mIoU"),
     ("test_real_miou", "real mIoU"), ("train_seconds", "train s"),
 ]  # fmt: skip
-
-
-def find_runs(runs: Sequence[Path] | None, runs_dir: Path) -> list[Path]:
-    """Return the run folders to compare: those given (a path, a name under runs/train, or builtin), or all with a best.pt.
-
-    With no runs trained yet, the built-in model is compared (as the run folder runs/builtin).
-    """
-    from lunar_cli.engine import said_model
-    from lunar_cli.models.builtin import NAME, builtin_run
-
-    train_dir = Path(runs_dir) / "train"
-    if not runs:
-        found = sorted(p.parent for p in train_dir.glob("*/best.pt")) if train_dir.is_dir() else []
-        if not found:
-            info(said_model(Path(NAME), "builtin", runs_dir) or "")
-            return [builtin_run(runs_dir)]
-        return found
-    folders = []
-    for run in runs:
-        run = builtin_run(runs_dir) if str(run) == NAME else Path(run)
-        if not run.exists() and (train_dir / run).is_dir():
-            run = train_dir / run  # a bare run name, as listed under runs/train
-        if not (run / "best.pt").is_file():
-            raise LunarError(f"{run}: not a run folder with best.pt; give folders under {train_dir} (or their names)")
-        folders.append(run)
-    return list(dict.fromkeys(folders))
 
 
 def run_labels(folders: Sequence[Path]) -> list[str]:
@@ -73,8 +56,6 @@ def read_history(run: Path) -> list[dict[str, Any]]:
 
 def read_metrics(run: Path) -> dict:
     """Return a run's metrics.json, or {} if it is missing or unreadable."""
-    import json
-
     path = Path(run) / "metrics.json"
     try:
         return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
@@ -88,8 +69,6 @@ def scores_for(
     cache_dir: Path | None = None,
 ) -> dict[str, dict]:  # fmt: skip
     """Return {split: results} for test and test_real of one run, evaluating the splits eval.json lacks."""
-    from lunar_cli.evaluate import current_splits, evaluate_model
-
     checkpoint = Path(run) / "best.pt"
     have = current_splits(checkpoint, data_dir)
     missing = [s for s in SCORE_SPLITS if s in available and s not in have]
@@ -126,7 +105,6 @@ def summary_row(run: Path, label: str, history: list[dict], metrics: dict, score
 
 def rank_rows(rows: list[dict]) -> list[dict]:
     """Return ``rows`` sorted best first (real-photo mIoU, then rendered test mIoU; missing last), numbered."""
-
     def key(row: dict) -> tuple:
         real, test = row.get("test_real_miou"), row.get("test_miou")
         return (-real if _finite(real) else math.inf, -test if _finite(test) else math.inf, row["run"])
@@ -163,15 +141,6 @@ def side_by_side_predictions(
     Every run predicts at the labels' own resolution (each at the scale it was trained
     at), so images, truths and predictions line up whatever the runs' scales.
     """
-    import torch
-
-    from lunar_cli.data.cache import build_or_load_cache, cache_folder
-    from lunar_cli.data.split import split_pairs
-    from lunar_cli.engine import load_model
-    from lunar_cli.evaluate import predicted_frames
-    from lunar_cli.metrics import image_matrices, mean_iou
-    from lunar_cli.runtime import select_device
-
     dev = select_device(device)
     pairs = split_pairs(data_dir, split_name)
     files: list[str] = []
@@ -179,7 +148,7 @@ def side_by_side_predictions(
     preds = []  # per run: one full-resolution class map per shown image
     for run in runs:
         model = load_model(Path(run) / "best.pt", dev)
-        split = build_or_load_cache(pairs, model.frame_size, cache_folder(data_dir, cache_dir), name=split_name,
+        split = build_or_load_cache(pairs, model.spec.frame_size, cache_folder(data_dir, cache_dir), name=split_name,
                                     progress=progress)  # fmt: skip
         if not files:
             files = [split.files[r] for r in pick_images(split, n_images)]
@@ -198,6 +167,13 @@ def side_by_side_predictions(
     ]
 
 
+def compare_command(cfg: Config, runs: Sequence[Path] | None, progress: bool = True) -> dict:
+    """Do what ``lunar compare`` was asked: compare ``runs`` (default: every run under <runs_dir>/train)."""
+    return compare_runs(runs or None, runs_dir=cfg.runs_dir, data_dir=cfg.data_dir, out_dir=cfg.compare.out,
+                        device=cfg.device, n_images=cfg.compare.images, cache_dir=cfg.data.cache_dir,
+                        progress=progress)  # fmt: skip
+
+
 def compare_runs(
     runs: Sequence[Path] | None, *, runs_dir: Path, data_dir: Path, out_dir: Path | None = None,
     device: str = "auto", n_images: int = 4, cache_dir: Path | None = None, progress: bool = True,
@@ -207,14 +183,6 @@ def compare_runs(
     Writes curves.png, miou.png, predictions.png, compare.json and compare.md into
     ``out_dir`` (default ``runs_dir/compare``); returns compare.json's content plus "files".
     """
-    from lunar_cli.evaluate import SPLIT_TITLES, manifest_counts
-    from lunar_cli.files import refuse_overwrite, write_json_atomic, write_text_atomic
-    from lunar_cli.plots import (
-        plot_bar_comparison,
-        plot_compare_curves,
-        plot_side_by_side_predictions,
-    )
-
     data_dir = Path(data_dir)
     counts = manifest_counts(data_dir)  # first: no data, no need to say which runs would have been compared
     folders = find_runs(runs, runs_dir)

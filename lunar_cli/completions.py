@@ -15,6 +15,11 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+import typer
+
+from lunar_cli.cli import app
+from lunar_cli.files import write_text_atomic
+
 FILES = {"bash": "lunar.bash", "zsh": "_lunar", "fish": "lunar.fish"}
 
 
@@ -35,8 +40,6 @@ def _short_help(text: str | None) -> str:
 
 
 def _option_specs(callback) -> list[OptionSpec]:
-    import typer
-
     hints = typing.get_type_hints(callback, include_extras=True)
     options = []
     for name in inspect.signature(callback).parameters:
@@ -67,8 +70,6 @@ def _option_specs(callback) -> list[OptionSpec]:
 
 def command_specs() -> dict[str, list[OptionSpec]]:
     """Return each subcommand's options (and the root's, under ''), read from the app."""
-    from lunar_cli.cli import app
-
     specs = {"": _option_specs(app.registered_callback.callback)}
     for command in app.registered_commands:
         specs[command.name or command.callback.__name__] = _option_specs(command.callback)
@@ -77,8 +78,6 @@ def command_specs() -> dict[str, list[OptionSpec]]:
 
 def command_help() -> dict[str, str]:
     """Return each subcommand's one-line description."""
-    from lunar_cli.cli import app
-
     return {
         c.name or c.callback.__name__: _short_help(inspect.getdoc(c.callback)).split(" (not implemented")[0]
         for c in app.registered_commands
@@ -189,8 +188,6 @@ def render_all() -> dict[str, str]:
 
 def write_all(folder: Path) -> list[Path]:
     """Write the three scripts into ``folder`` and return their paths."""
-    from lunar_cli.files import write_text_atomic
-
     written = []
     for name, text in render_all().items():
         write_text_atomic(folder / name, text)

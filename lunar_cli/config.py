@@ -6,12 +6,12 @@ so every option and every set of choices is declared here and nowhere else. Comm
 take the sections they need; library functions trust what they get.
 
 A resumed training adds one layer: defaults -> the run's saved config -> YAML -> flags
-(see ``ON_RESUME`` for what a changed value does then).
+(see ``resume.ON_RESUME`` for what a changed value does then).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, List, Literal, Mapping, Union
 
@@ -36,7 +36,7 @@ OutputFormat = Literal["rgb", "index", "overlay", "probs"]
 class FetchConfig:
     """Where the dataset comes from (``lunar fetch``)."""
 
-    source: str = "synthetic"  # synthetic | kaggle | path to a downloaded zip or unpacked folder | drive:ID | https URL of a zip
+    source: Union[str, None] = None  # synthetic | kaggle | path to a downloaded zip or unpacked folder | drive:ID | https URL of a zip; null: synthetic, or no dataset when only models is given
     count: int = 300  # synthetic: number of rendered scenes to generate
     real_count: int = 12  # synthetic: number of "real-like" photos (the real dataset has 36)
     width: int = 480  # synthetic: image width in pixels (the real dataset is 720)
@@ -268,37 +268,36 @@ def validate(cfg: Config) -> None:
         raise LunarError("config key 'evaluate.splits': name at least one split")
 
 
-# What ``lunar train --resume`` does with a value that differs from the run's saved one.
-# "refuse": a one-line error naming the flag (the value is part of the run's identity);
-# "apply": used, and said in one line; "note": used, and said with a warning that the
-# run no longer reproduces an uninterrupted one. Keys outside train/data/seed/device/
-# data_dir/runs_dir do not affect training and are ignored on resume.
-ON_RESUME: dict[str, tuple[str, str]] = {
-    "seed": ("refuse", "the seed fixes the run's shuffles and augmentation"),
-    "runs_dir": ("refuse", "a resumed run stays in its own folder"),
-    "train.name": ("refuse", "a resumed run stays in its own folder"),
-    "train.exist_ok": ("refuse", "a resumed run stays in its own folder"),
-    "train.recipe": ("refuse", "the recipe sets how frames are cached and fed"),
-    "train.backbone": ("refuse", "the architecture is fixed by the checkpoint"),
-    "train.width": ("refuse", "the architecture is fixed by the checkpoint"),
-    "train.depth": ("refuse", "the architecture is fixed by the checkpoint"),
-    "train.encoder_weights": ("refuse", "the weights come from the checkpoint"),
-    "train.init": ("refuse", "the weights come from the checkpoint"),
-    "train.optimizer": ("refuse", "the optimiser state in last.pt belongs to the run's optimiser"),
-    "train.scheduler": ("refuse", "the schedule state in last.pt belongs to the run's schedule"),
-    "data.image_size": ("refuse", "it changes the cached training data"),
-    "data.scale": ("refuse", "it changes the cached training data"),
-    "data.limit": ("refuse", "it changes which images the run trains on"),
-    "data.skip_bad": ("refuse", "it changes which images the run trains on"),
-    "train.epochs": ("apply", ""),
-    "train.patience": ("apply", ""),
-    "data.workers": ("apply", ""),
-    "data.cache_dir": ("apply", ""),
-    "device": ("apply", ""),
-    "data_dir": ("note", "it must hold the same dataset"),
-    "channels_last": ("apply", ""),
+# Where each command's flags live, most specific section first ("" is the top level): a flag
+# named like a field of one of these sections sets that field (train's --lr: train.lr,
+# --limit: data.limit, --seed: seed). This is the one flag -> config key mapping.
+COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
+    "fetch": ("fetch", ""), "split": ("split", ""), "eda": ("eda", "split", "data", ""),
+    "train": ("train", "data", ""), "evaluate": ("evaluate", "data", ""), "predict": ("predict", ""),
+    "compare": ("compare", "data", ""), "export": ("export", ""),
 }
-RESUME_SECTIONS = ("train.", "data.", "seed", "device", "amp", "channels_last", "data_dir", "runs_dir")
+
+
+def flag_key(command: str, name: str) -> str:
+    """Return the dotted config key that ``command``'s flag (parameter ``name``) sets; KeyError if none."""
+    for section in COMMAND_SECTIONS[command]:
+        node = getattr(Config(), section) if section else Config()
+        if name in {f.name for f in fields(node)} and not is_dataclass(getattr(node, name)):
+            return f"{section}.{name}" if section else name
+    raise KeyError(f"lunar {command}: no config key for its flag {name!r}")
+
+
+def flag_keys(command: str, flags: Mapping[str, Any]) -> dict[str, Any]:
+    """Return a command's flags (parameter name -> value, None: not given) as dotted config keys, values parsed."""
+    keyed = {flag_key(command, name): value for name, value in flags.items()}
+    if isinstance(keyed.get("train.class_weights"), str):
+        keyed["train.class_weights"] = parse_class_weights(keyed["train.class_weights"])
+    return keyed
+
+
+def command_config(command: str, path: Path | None, flags: Mapping[str, Any]) -> Config:
+    """Return the config of ``lunar COMMAND``: defaults -> the YAML file at ``path`` -> its flags."""
+    return load_config(path, flag_keys(command, flags))
 
 
 def parse_class_weights(text: str | None) -> Union[List[float], str, None]:

@@ -20,7 +20,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, Mapping, Union
 
-from lunar_cli.console import LunarError
+from lunar_cli.console import LunarError, map_leaves
 
 
 def type_name(tp: Any) -> str:
@@ -134,26 +134,16 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def as_plain(obj: Any) -> Any:
     """Return a dataclass tree as YAML/JSON-ready values (paths as strings)."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, Path):
-            return str(v)
-        if isinstance(v, dict):
-            return {k: plain(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [plain(x) for x in v]
-        return v
-
-    return plain(dataclasses.asdict(obj))
+    return map_leaves(dataclasses.asdict(obj), lambda v: str(v) if isinstance(v, Path) else v)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
     """Return the mapping in a YAML config file; an empty file gives an empty mapping."""
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise LunarError(f"config file {path} not found: check the path given to --config")
+    import yaml  # read only when a --config file is given: lunar --help never pays for it
+
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
@@ -192,7 +182,7 @@ def field_help(cls: type, name: str) -> str:
 
 
 def _yaml_value(value: Any) -> str:
-    import yaml
+    import yaml  # only to render example.yaml
 
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_yaml_value(v) for v in value) + "]"

@@ -1,28 +1,36 @@
 """The two rich consoles, progress bars, and the one error type for user mistakes.
 
-Results go to stdout (``out``); logs, progress and errors go to stderr (``err``), so
-``lunar ... --json | jq`` always sees clean JSON.
+Results go to stdout (``stdout()``); logs, progress and errors go to stderr (``stderr()``),
+so ``lunar ... --json | jq`` always sees clean JSON. The consoles are made on first use,
+so that ``lunar --help`` never imports rich.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import os
 import sys
 from typing import Any, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
 
-def __getattr__(name: str) -> Any:
-    # ``out`` and ``err`` are made on first use, so that ``lunar --help`` never imports rich.
-    if name in ("out", "err"):
-        from rich.console import Console
+@functools.cache
+def stdout() -> Any:
+    """Return the rich console for results (stdout)."""
+    from rich.console import Console  # rich loads on first output, not for lunar --help
 
-        globals()["out"] = Console(soft_wrap=True)
-        globals()["err"] = Console(stderr=True, soft_wrap=True)
-        return globals()[name]
-    raise AttributeError(name)
+    return Console(soft_wrap=True)
+
+
+@functools.cache
+def stderr() -> Any:
+    """Return the rich console for logs, progress and errors (stderr)."""
+    from rich.console import Console  # rich loads on first output, not for lunar --help
+
+    return Console(stderr=True, soft_wrap=True)
 
 
 class LunarError(Exception):
@@ -44,31 +52,44 @@ def first_line(exc: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def printable(text: str | os.PathLike) -> str:
+    """Return text (a file name) safe for any terminal or UTF-8 file: bytes that are not UTF-8 become \\xNN."""
+    try:
+        raw = os.fsencode(text)  # how Python holds undecodable name bytes (surrogateescape)
+    except UnicodeEncodeError:
+        raw = str(text).encode("utf-8", "backslashreplace")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def number(value: float | None, digits: int = 3) -> str:
+    """Return a score for a log line or table: ``digits`` decimals, "n/a" when there is none (None or NaN)."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
 def warn(message: str) -> None:
     """Print a one-line warning to stderr (the message as it is: brackets in file names are not markup)."""
-    from rich.markup import escape
+    from rich.markup import escape  # rich loads on first output, not for lunar --help
 
-    from lunar_cli.console import err
-
-    err.print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
+    stderr().print(f"[yellow]warning:[/] {escape(message)}", highlight=False)
 
 
 def info(message: str) -> None:
     """Print a one-line progress message to stderr."""
-    from lunar_cli.console import err
+    stderr().print(message, highlight=False, markup=False)
 
-    err.print(message, highlight=False, markup=False)
+
+def map_leaves(value: Any, fn: Any) -> Any:
+    """Return a copy of nested dicts, lists and tuples (as lists) with ``fn`` applied to every other value."""
+    if isinstance(value, dict):
+        return {key: map_leaves(item, fn) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [map_leaves(item, fn) for item in value]
+    return fn(value)
 
 
 def json_safe(value: Any) -> Any:
     """Return ``value`` with every NaN or infinite float replaced by None, so it is valid JSON (null)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
+    return map_leaves(value, lambda v: None if isinstance(v, float) and not math.isfinite(v) else v)
 
 
 def json_text(payload: Any) -> str:
@@ -84,11 +105,9 @@ def print_json(payload: Any) -> None:
 
 def track(items: Iterable[T], description: str, total: int | None = None, quiet: bool = False) -> Iterator[T]:
     """Yield ``items`` while showing a rich progress bar on stderr (plain when not a terminal)."""
-    from lunar_cli.console import err
-
-    if quiet or not err.is_terminal:
+    if quiet or not stderr().is_terminal:
         yield from items
         return
-    from rich.progress import track as rich_track
+    from rich.progress import track as rich_track  # rich loads on first output, not for lunar --help
 
-    yield from rich_track(items, description=description, total=total, console=err, transient=True)
+    yield from rich_track(items, description=description, total=total, console=stderr(), transient=True)

@@ -19,20 +19,26 @@ import math
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Sequence
 
 import numpy as np
+import torch
 
 from lunar_cli.classes import CLASS_NAMES
-from lunar_cli.config import EvaluateConfig
-from lunar_cli.console import LunarError, info, warn
-from lunar_cli.metrics import predicted_classes
-
-if TYPE_CHECKING:
-    import torch
-
-    from lunar_cli.data.cache import CachedSplit
-    from lunar_cli.engine import Model
+from lunar_cli.config import Config, EvaluateConfig
+from lunar_cli.console import LunarError, info, number, warn
+from lunar_cli.data.cache import CachedSplit, build_or_load_cache, cache_folder
+from lunar_cli.data.dataset import FrameLoader
+from lunar_cli.data.split import MANIFEST_NAME, SPLITS, read_manifest, split_pairs
+from lunar_cli.files import write_json_atomic
+from lunar_cli.frames import resize_image
+from lunar_cli.metrics import summarize
+from lunar_cli.model_files import checkpoint_for_results, describe_choice, find_model
+from lunar_cli.plots import plot_confusion_matrix, plot_prediction_grid
+from lunar_cli.postprocess import class_map
+from lunar_cli.runtime import select_device
+from lunar_cli.scoring import score_frames
+from lunar_cli.torch_model import TorchModel, frame_logits, load_model
 
 DEFAULT_SPLITS = tuple(EvaluateConfig().splits)
 SPLIT_TITLES = {"train": "train (rendered)", "val": "val (rendered)", "test": "test (rendered)", "test_real": "real photos"}
@@ -40,16 +46,13 @@ SPLIT_TITLES = {"train": "train (rendered)", "val": "val (rendered)", "test": "t
 
 def choose_checkpoint(target: Path | str | None, runs_dir: Path, say: bool) -> Path:
     """Return the checkpoint ``lunar evaluate`` scores (the built-in model's copy under runs_dir/builtin)."""
-    from lunar_cli.engine import find_model, said_model
-    from lunar_cli.models.builtin import builtin_run
-
     path, how = find_model(target, runs_dir)
     if path.suffix.lower() == ".onnx":
         raise LunarError(f"{path}: evaluate scores lunar checkpoints (.pt), not ONNX exports; give the run or .pt it was exported from")
-    said = said_model(path, how, runs_dir)
+    said = describe_choice(path, how, runs_dir)
     if said and say:
         info(said)
-    return builtin_run(runs_dir) / "best.pt" if how == "builtin" else path
+    return checkpoint_for_results(path, how, runs_dir)
 
 
 def results_path(checkpoint: Path, name: str) -> Path:
@@ -98,16 +101,12 @@ def current_splits(checkpoint: Path, data_dir: Path) -> dict[str, dict]:
 
 def manifest_counts(data_dir: Path) -> dict[str, int]:
     """Return how many image/mask pairs each split has in the manifest of ``data_dir``."""
-    from lunar_cli.data.split import SPLITS, read_manifest
-
     rows = read_manifest(data_dir)
     return {name: sum(1 for r in rows if r["split"] == name) for name in SPLITS}
 
 
 def splits_to_score(requested: Sequence[str], data_dir: Path) -> list[str]:
     """Return the requested splits that have images, warning about the others (all empty: LunarError)."""
-    from lunar_cli.data.split import MANIFEST_NAME
-
     requested = list(dict.fromkeys(requested))
     counts = manifest_counts(data_dir)
     present = [name for name in requested if counts[name] > 0]
@@ -129,29 +128,22 @@ def best_and_worst(scores: np.ndarray, count: int) -> tuple[list[int], list[int]
     return ranked[:n_best], ranked[len(ranked) - n_worst :][::-1]
 
 
-def predicted_frames(model: "Model", split: "CachedSplit", rows: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+def predicted_frames(model: TorchModel, split: CachedSplit, rows: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Return (frame at the labels' size, predicted class map) of each cache row, for figures."""
-    import torch
-
-    from lunar_cli.engine import frame_logits
-    from lunar_cli.photos import resize_image
-
     shown = []
     for row in rows:
         h, w, fh, fw = (int(v) for v in split.sizes[row])
         frame = np.array(split.images[row, :h, :w])  # a writable copy of the memmap rows
         logits = frame_logits(model, torch.from_numpy(frame[None]).to(model.device), (fh, fw))
-        pred = predicted_classes(logits, dim=1)[0].to("cpu").numpy().astype(np.uint8)
+        pred = class_map(logits)[0].to("cpu").numpy().astype(np.uint8)
         shown.append((resize_image(frame, fh, fw), pred))
     return shown
 
 
 def plot_best_and_worst(
-    path: Path, model: "Model", split: "CachedSplit", rows: np.ndarray, scores: np.ndarray, count: int, title: str,
+    path: Path, model: TorchModel, split: CachedSplit, rows: np.ndarray, scores: np.ndarray, count: int, title: str,
 ) -> Path | None:  # fmt: skip
     """Write the ``count`` best and worst predictions (image | truth | prediction) at full resolution; return the path."""
-    from lunar_cli.plots import plot_prediction_grid
-
     best, worst = best_and_worst(scores, count)
     if not best and not worst:
         return None
@@ -167,22 +159,18 @@ def plot_best_and_worst(
 
 
 def score_split(
-    model: "Model", split: "CachedSplit", *, batch_size: int, limit: int | None, tta: bool, grid: int,
+    model: TorchModel, split: CachedSplit, *, batch_size: int, limit: int | None, tta: bool, grid: int,
     progress: bool, name: str,
-) -> tuple[dict, "torch.Tensor", np.ndarray, np.ndarray]:  # fmt: skip
+) -> tuple[dict, torch.Tensor, np.ndarray, np.ndarray]:  # fmt: skip
     """Return (the split's result record, confusion matrix, rows scored, each row's mIoU)."""
-    from lunar_cli.data.dataset import FrameLoader
-    from lunar_cli.metrics import summarize
-    from lunar_cli.scoring import score_frames
-
     start = time.perf_counter()
     loader = FrameLoader(split, batch_size=batch_size, device=model.device, limit=limit)
     score = score_frames(model, loader, tta=tta, calibration=True, progress=f"evaluating {name}" if progress else None)
     rows, seconds = np.asarray(loader.indices), time.perf_counter() - start
-    threshold = model.meta.get("calibration", {}).get("ood_threshold")
+    threshold = model.spec.ood_threshold
     record = {
         **summarize(score.matrix, CLASS_NAMES), "resolution": score.resolution, "images": int(len(rows)),
-        "limit": limit, "ece": score.ece, "temperature": model.meta.get("calibration", {}).get("temperature"),
+        "limit": limit, "ece": score.ece, "temperature": model.spec.calibration.get("temperature"),
         "out_of_distribution_share": None if threshold is None else float((score.uncertainty > threshold).mean()),
         "mean_uncertainty": float(score.uncertainty.mean()) if len(rows) else None,
         "seconds": seconds, "images_per_second": len(rows) / max(seconds, 1e-9),
@@ -218,36 +206,29 @@ def evaluate_model(
     scored now (with ``tta``, each split also has "tta": its scores with flip TTA and the gain).
     A requested split with no images is skipped with a warning (an error if none is left).
     """
-    from lunar_cli.data.cache import build_or_load_cache, cache_folder
-    from lunar_cli.data.split import split_pairs
-    from lunar_cli.engine import load_model
-    from lunar_cli.files import write_json_atomic
-    from lunar_cli.plots import plot_confusion_matrix
-    from lunar_cli.runtime import select_device
-
     data_dir = Path(data_dir)
     names = splits_to_score(splits, data_dir)  # first: no data, no need to say which model would have been scored
     checkpoint = choose_checkpoint(target, runs_dir, progress)
     model = load_model(checkpoint, select_device(device), amp, channels_last)
-    backbone = model.meta["backbone"]
+    backbone = model.spec.backbone
     # "vgg11 run unet3" reads better than "vgg11" alone when runs of one backbone are compared.
     model_name = checkpoint.parent.name if checkpoint.name == "best.pt" else checkpoint.stem
     shown = backbone if model_name == backbone else f"{model_name} ({backbone})"
     if progress:
-        info(f"evaluating {checkpoint} ({backbone}, frames {model.frame_size.describe()}) on {model.precision.label}")
+        info(f"evaluating {checkpoint} ({backbone}, frames {model.spec.frame_size.describe()}) on {model.precision.label}")
 
     results: dict[str, dict] = {}
     files: list[str] = []
     for name in names:
         split = build_or_load_cache(
-            split_pairs(data_dir, name), model.frame_size, cache_folder(data_dir, cache_dir), name=name, workers=workers,
+            split_pairs(data_dir, name), model.spec.frame_size, cache_folder(data_dir, cache_dir), name=name, workers=workers,
             skip_bad=skip_bad, progress=progress,
         )  # fmt: skip
         record, matrix, rows, scores = score_split(model, split, batch_size=batch_size, limit=limit, tta=tta, grid=grid,
                                                    progress=progress, name=name)  # fmt: skip
         results[name] = {**record, "data_dir": str(data_dir.resolve())}
         where = f"{shown} on {SPLIT_TITLES.get(name, name)}"
-        title = f"{where}: mIoU {_fmt(record['miou'])} ({record['resolution']})"
+        title = f"{where}: mIoU {number(record['miou'])} ({record['resolution']})"
         files.append(str(plot_confusion_matrix(
             results_path(checkpoint, f"confusion_{name}.png"), matrix.numpy(), CLASS_NAMES, title
         )))  # fmt: skip
@@ -261,7 +242,8 @@ def evaluate_model(
 
     eval_path = results_path(checkpoint, "eval.json")
     saved = read_eval(checkpoint)  # {} when absent or written for another version of the file
-    common = {"model": str(checkpoint), "backbone": backbone, "frame_size": model.frame_size.describe()}
+    common = {"model": str(checkpoint), "backbone": backbone, "frame_size": model.spec.frame_size.describe(),
+              **model.runs_on()}  # fmt: skip
     write_json_atomic(eval_path, {
         **common, "checkpoint": checkpoint_fingerprint(checkpoint), "splits": {**saved.get("splits", {}), **results},
         "files": sorted(set(saved.get("files", [])) | set(files) | {str(eval_path)}),
@@ -271,16 +253,22 @@ def evaluate_model(
     return {**common, "splits": results, "files": [str(eval_path), *files]}
 
 
+def evaluate_command(cfg: Config, target: Path | str | None, progress: bool = True) -> dict:
+    """Do what ``lunar evaluate`` was asked: score ``target`` (default: the newest run) on ``evaluate.splits``."""
+    e, d = cfg.evaluate, cfg.data
+    return evaluate_model(
+        target, data_dir=cfg.data_dir, runs_dir=cfg.runs_dir, splits=e.splits, batch_size=e.batch_size, tta=e.tta,
+        grid=e.grid, device=cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, limit=d.limit,
+        workers=d.workers, skip_bad=d.skip_bad, cache_dir=d.cache_dir, progress=progress,
+    )  # fmt: skip
+
+
 def _say(name: str, record: dict) -> None:
     """Log one split's scores in one line (and their change with TTA in a second)."""
-    ious = "  ".join(f"{c} {_fmt(v)}" for c, v in record["iou"].items())
-    info(f"{name}: mIoU {_fmt(record['miou'])}  pixel accuracy {_fmt(record['pixel_accuracy'])}  [{ious}]  "
-         f"ECE {_fmt(record['ece'])}  {record['images']} images at {record['resolution']}, "
+    ious = "  ".join(f"{c} {number(v)}" for c, v in record["iou"].items())
+    info(f"{name}: mIoU {number(record['miou'])}  pixel accuracy {number(record['pixel_accuracy'])}  [{ious}]  "
+         f"ECE {number(record['ece'])}  {record['images']} images at {record['resolution']}, "
          f"{record['images_per_second']:.1f} img/s")  # fmt: skip
     if "tta" in record:
         gains = "  ".join(f"{c} {v:+.3f}" for c, v in record["tta"]["iou_gain"].items() if v is not None)
-        info(f"{name} with --tta: mIoU {_fmt(record['tta']['miou'])} ({record['tta']['miou_gain']:+.3f})  [{gains}]")
-
-
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+        info(f"{name} with --tta: mIoU {number(record['tta']['miou'])} ({record['tta']['miou_gain']:+.3f})  [{gains}]")

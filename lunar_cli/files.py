@@ -57,6 +57,26 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 
 
 @contextlib.contextmanager
+def staging_dir(parent: Path, prefix: str, *, clear_stale: bool = False) -> Iterator[Path]:
+    """Yield a fresh hidden folder ``parent/.PREFIX-XXXX.partial``, removed afterwards whatever happens.
+
+    On the same disk as ``parent``, so what is built there moves into place by renaming.
+    ``clear_stale`` first removes such folders left by a run of the same kind that was
+    killed outright (only where no two runs share ``parent``).
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    if clear_stale:
+        for stale in parent.glob(f".{prefix}-*.partial"):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{prefix}-", suffix=".partial", dir=parent))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def atomic_dir(path: Path) -> Iterator[Path]:
     """Yield a temporary directory beside ``path``; on success it replaces ``path``.
 
@@ -64,9 +84,7 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     half-built directory never looks valid.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
-    try:
+    with staging_dir(path.parent, path.name) as tmp:
         yield tmp
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -75,9 +93,6 @@ def atomic_dir(path: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _file_keys(path: Path) -> list[Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
 
 from lunar_cli.classes import class_index
@@ -25,8 +26,6 @@ def hazard_and_safe(indices: np.ndarray, margin: int) -> tuple[np.ndarray, np.nd
     The margin is a Euclidean distance from the nearest rock pixel (one exact distance
     transform), so its cost does not grow with the margin.
     """
-    import cv2
-
     indices = np.asarray(indices)
     rocks = np.isin(indices, (class_index("small_rocks"), class_index("large_rocks")))
     if margin > 0 and rocks.any():
@@ -46,8 +45,6 @@ def largest_safe_circle(safe: np.ndarray) -> dict[str, Any] | None:
     ``area_px`` are those of that disc. Outside the photo counts as unsafe (unknown
     terrain), so the circle never runs off the frame.
     """
-    import cv2
-
     safe = np.asarray(safe, dtype=bool)
     if not safe.any():
         return None
@@ -85,8 +82,6 @@ def assess_hazard(indices: np.ndarray, margin: int) -> tuple[dict[str, Any], np.
 
 def hazard_image(hazard: np.ndarray, safe: np.ndarray, circle: dict[str, Any] | None = None) -> np.ndarray:
     """Return an RGB hazard map: red hazard, green safe ground, black sky; the safe circle outlined in yellow."""
-    import cv2
-
     rgb = np.zeros((*np.asarray(hazard).shape, 3), np.uint8)
     rgb[np.asarray(safe, bool)] = SAFE_RGB
     rgb[np.asarray(hazard, bool)] = HAZARD_RGB

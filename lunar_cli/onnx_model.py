@@ -18,36 +18,37 @@ import numpy as np
 
 from lunar_cli.classes import NUM_CLASSES
 from lunar_cli.console import LunarError, first_line
-from lunar_cli.engine import Described
-from lunar_cli.models.checkpoint import check_meta_numbers
+from lunar_cli.frames import pad_frames
+from lunar_cli.model_spec import ModelSpec, check_numbers
 
 META_KEY = "lunar"
 FORMAT = "lunar-onnx"
 
 
 @dataclass
-class OnnxModel(Described):
-    """An exported model loaded in ONNX Runtime, with the metadata it carries."""
-
+class OnnxModel:
+    """An exported model loaded in ONNX Runtime, with what its metadata says about inputs and outputs."""
     session: Any  # onnxruntime.InferenceSession
-    meta: dict
+    spec: ModelSpec
     path: Path
 
     def logits(self, frames: np.ndarray) -> np.ndarray:
         """Return float32 logits (N, C, h, w) for uint8 RGB frames (N, h, w, 3) at the model's scale.
 
         Frames are centred in the next multiple of the model's padding multiple, edge
-        pixels repeated, exactly as the PyTorch engine pads them; the logits are cropped back.
+        pixels repeated, exactly as the PyTorch side pads them; the logits are cropped back.
         """
-        from lunar_cli.engine import pad_frames
-
-        padded, (top, left, h, w) = pad_frames(frames, self.meta)
+        padded, (top, left, h, w) = pad_frames(frames, self.spec.pad_multiple)
         try:
             (out,) = self.session.run(None, {self.session.get_inputs()[0].name: np.ascontiguousarray(padded)})
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own error classes (InvalidArgument, Fail...)
             raise LunarError(f"{self.path}: ONNX Runtime could not run the model on a {w}x{h} frame "
                              f"({first_line(exc)}); export the model again with lunar export") from exc  # fmt: skip
         return out[:, :, top : top + h, left : left + w]
+
+    def runs_on(self) -> dict[str, str]:
+        """Return where and how the model runs, for records: ONNX Runtime on the CPU, as exported (fp32)."""
+        return {"device": "cpu", "precision": "fp32", "layout": "onnxruntime"}
 
 
 def read_metadata(path: Path, session: Any) -> dict:
@@ -86,7 +87,7 @@ def check_signature(path: Path, session: Any) -> None:
 
 def load_onnx(path: Path, threads: int | None = None) -> OnnxModel:
     """Return the ONNX model at ``path`` ready to run on the CPU, refusing foreign or damaged files in one line."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # heavy: loaded only when an ONNX model is run
 
     path = Path(path)
     if not path.is_file():
@@ -102,7 +103,7 @@ def load_onnx(path: Path, threads: int | None = None) -> OnnxModel:
             f"{path}: not a readable ONNX model ({first_line(exc, 120)}); export it again with lunar export"
         ) from exc
     meta = read_metadata(path, session)
-    check_meta_numbers(meta, str(path))
+    check_numbers(meta, str(path))
     check_signature(path, session)
     classes = session.get_outputs()[0].shape[1]
     if classes != len(meta.get("classes", [])) or classes != NUM_CLASSES:
@@ -110,4 +111,4 @@ def load_onnx(path: Path, threads: int | None = None) -> OnnxModel:
             f"{path}: the model gives {classes} classes but lunar segments {NUM_CLASSES} (ground, sky, small "
             "rocks, large rocks); export a lunar model"
         )
-    return OnnxModel(session=session, meta=meta, path=path)
+    return OnnxModel(session=session, spec=ModelSpec(meta), path=path)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Iterator, Sequence, TypeVar
 
 J = TypeVar("J")
@@ -10,13 +13,11 @@ R = TypeVar("R")
 
 def cpu_cores() -> int:
     """Return how many cores this process may run on (its affinity, not the machine's count)."""
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _init_worker() -> None:
-    import cv2
+    import cv2  # in the workers only: every lunar command imports this module, lunar --help included
 
     cv2.setNumThreads(1)  # one process per core already; cv2's own threads would oversubscribe
 
@@ -29,8 +30,6 @@ def map_in_processes(fn: Callable[[J], R], jobs: Sequence[J], workers: int, max_
     if workers <= 1 or len(jobs) <= 1:
         yield from map(fn, jobs)
         return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
 
     # forkserver/spawn: forking a process that already runs torch or rich threads can deadlock.
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"

@@ -19,16 +19,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from lunar_cli.classes import (
-    CLASS_NAMES,
-    CLASSES,
-    IGNORE_INDEX,
-    NUM_CLASSES,
-    PALETTE,
-    encode_mask,
-    to_rgb_uint8,
-)
+from lunar_cli.classes import CLASS_NAMES, CLASSES, IGNORE_INDEX, NUM_CLASSES, PALETTE, encode_mask, to_rgb_uint8
 from lunar_cli.console import LunarError
+from lunar_cli.files import atomic_path
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -160,7 +153,7 @@ def plot_prediction_grid(
 
 def plot_compare_curves(path: Path, runs: dict[str, list[dict[str, Any]]], title: str) -> Path:
     """Write the loss curves (val solid, train dashed) and val mIoU of several runs overlaid."""
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # heavy: only when a figure is drawn
 
     if not runs:
         raise LunarError(f"{path}: no runs to compare")
@@ -217,7 +210,7 @@ def plot_bar_comparison(path: Path, values: dict[str, dict[str, float]], title: 
 
 
 def _figure(width_in: float, height_in: float) -> Figure:
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # heavy: only when a figure is drawn
 
     # Constrained layout keeps titles, colorbars and the legend below the axes from overlapping.
     return Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
@@ -233,8 +226,6 @@ def _finish(
     unlabeled: bool = False,
 ) -> Path:
     """Add the title and class legend, render to memory, then write ``path`` atomically."""
-    from lunar_cli.files import atomic_path
-
     fig.suptitle(title, fontsize=12)
     if class_legend and (names or unlabeled):
         fig.legend(
@@ -255,7 +246,7 @@ def _finish(
 
 
 def _class_handles(names: Sequence[str], unlabeled: bool) -> list[Any]:
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch  # heavy: only when a figure is drawn
 
     handles = [Patch(facecolor=_class_colour(n), edgecolor=EDGE, label=n) for n in names]
     if unlabeled:
@@ -320,7 +311,7 @@ def _line(ax: Axes, history: list[dict[str, Any]], key: str, label: str | None, 
 
 
 def _epoch_axis(ax: Axes, legend: bool = True) -> None:
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # heavy: only when a figure is drawn
 
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

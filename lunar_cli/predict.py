@@ -1,7 +1,8 @@
 """lunar predict: class masks for new photos (files, folders, glob patterns or a list on stdin).
 
-Reads top to bottom: ``collect_inputs`` -> ``plan_outputs`` -> ``load_any`` ->
-``_predict_share`` -> ``run_predict``. Photos are read and decoded ahead of the model, and
+Reads top to bottom: ``collect_inputs`` -> ``plan_outputs`` -> ``predictor.load_predictor``
+-> ``_predict_share`` (``predictor.model_passes``, ``postprocess.finish``,
+``predictor.photo_summary``) -> ``run_predict``. Photos are read and decoded ahead of the model, and
 their maps finished and written behind it, in a thread pool sized to the cores (OpenCV
 and NumPy release the GIL), so neither the model nor the disk waits on the other; records
 stay in input order. Preprocessing comes only from the model file (its scale,
@@ -16,29 +17,28 @@ import contextlib
 import os
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+import cv2
 import numpy as np
 
+from lunar_cli.config import Config, PredictConfig
 from lunar_cli.console import LunarError, first_line, info, track, warn
-from lunar_cli.predict_files import (
-    collect_inputs,
-    plan_outputs,
-    read_photo,
-    write_outputs,
-)
-
-if TYPE_CHECKING:
-    from lunar_cli.config import PredictConfig
-    from lunar_cli.photos import RunsOnFrames
+from lunar_cli.data.probe import MAX_TILED_PIXELS
+from lunar_cli.frames import model_scale_frames
+from lunar_cli.model_files import describe_choice, find_model
+from lunar_cli.parallel import cpu_cores
+from lunar_cli.postprocess import finish
+from lunar_cli.predict_files import collect_inputs, plan_outputs, read_photo, write_outputs
+from lunar_cli.predictor import Predictor, load_predictor, model_passes, photo_summary, tiled_logits
+from lunar_cli.rundir import run_files
+from lunar_cli.runtime import Dist, broadcast, setup_distributed, teardown_distributed
 
 
 def _make_plan(inputs, output, model, runs_dir, fmt, extras) -> dict[str, Any]:
     """Return the whole job as plain values (inputs, output files, model, problems), for rank 0 to share."""
-    from lunar_cli.engine import find_model
-    from lunar_cli.rundir import run_files
-
     paths, problems = collect_inputs(inputs)
     if not paths:
         if problems:
@@ -52,8 +52,6 @@ def _make_plan(inputs, output, model, runs_dir, fmt, extras) -> dict[str, Any]:
 
 def _shared_plan(dist, make) -> dict[str, Any]:
     """Return ``make()`` computed on rank 0 and sent to every rank (its LunarError raised on all)."""
-    from lunar_cli.runtime import broadcast
-
     payload: dict[str, Any] = {}
     if dist.is_main:
         try:
@@ -81,9 +79,6 @@ def run_predict(
     returns every rank's records, in input order; other ranks return their own. ``output``
     None: ``runs_dir/predict``.
     """
-    from lunar_cli.engine import load_any, said_model
-    from lunar_cli.runtime import Dist, teardown_distributed
-
     output = Path(output) if output is not None else Path(runs_dir) / "predict"
     if options.tta and options.tile:
         raise LunarError("--tta with --tile: tiles are already blended from overlapping windows; choose one")
@@ -91,21 +86,19 @@ def run_predict(
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if Path(str(model)).suffix.lower() == ".onnx":
             raise LunarError(f"{model}: an ONNX model runs in one process; run lunar predict without torchrun")
-        from lunar_cli.runtime import setup_distributed
-
         dist, where = setup_distributed(device)  # this rank's own GPU
     extras = [name for name, on in (("hazard", options.hazard), ("uncertainty", options.uncertainty)) if on]
     try:
         plan = _shared_plan(dist, lambda: _make_plan(inputs, output, model, runs_dir, options.format, extras))
-        said = said_model(Path(plan["model"]), plan["how"], runs_dir)
+        said = describe_choice(Path(plan["model"]), plan["how"], runs_dir)
         if dist.is_main and said:
             info(said)
         if options.strict and plan["problems"]:
             raise LunarError(f"{plan['problems'][0]['reason']} (--strict: nothing predicted)")
         for problem in plan["problems"] if dist.is_main else []:
             warn(problem["reason"])
-        loaded = load_any(Path(plan["model"]), where, amp, channels_last)
-        if options.uncertainty and "ood_threshold" not in loaded.meta.get("calibration", {}):
+        loaded = load_predictor(Path(plan["model"]), where, amp, channels_last)
+        if options.uncertainty and loaded.spec.ood_threshold is None:
             raise LunarError(
                 f"{plan['model']}: no calibration in this model (trained or exported by an older lunar); "
                 "--uncertainty needs it: train the model again, or leave --uncertainty out"
@@ -128,12 +121,19 @@ def run_predict(
         teardown_distributed(dist)
 
 
+def predict_command(cfg: Config, inputs: list[str], output: Path | None, model: Path | str | None,
+                    progress: bool = True) -> dict:  # fmt: skip
+    """Do what ``lunar predict`` was asked: masks for ``inputs`` in ``output`` with ``model`` (default: the newest run)."""
+    return run_predict(inputs, output=output, model=model, runs_dir=cfg.runs_dir, options=cfg.predict,
+                       device=cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, progress=progress)  # fmt: skip
+
+
 def _gather(dist, done: list, failed: list) -> tuple[list, list, list]:
     """Return (done, failed) merged over ranks on rank 0 (this rank's own elsewhere), and every rank's failures.
 
     Every rank learns of every failure so that --strict stops all of them alike.
     """
-    import torch.distributed as tdist
+    import torch.distributed as tdist  # heavy: only under torchrun, where torch is loaded already
 
     everything: list[Any] = [None] * dist.world_size
     tdist.all_gather_object(everything, (done, failed))
@@ -143,53 +143,34 @@ def _gather(dist, done: list, failed: list) -> tuple[list, list, list]:
     return [pair for rank_done, _ in everything for pair in rank_done], everyone_failed, everyone_failed
 
 
-def _read(path: str, model: "RunsOnFrames", tile: bool) -> tuple[np.ndarray, str | None, np.ndarray | None, float]:
+def _read(path: str, model: Predictor, tile: bool) -> tuple[np.ndarray, str | None, np.ndarray | None, float]:
     """Return (photo, conversion note, photo at the model's scale or None when tiled, seconds): the reader threads' job."""
-    from lunar_cli.data.probe import MAX_TILED_PIXELS
-    from lunar_cli.photos import model_scale_frames
-
     start = time.perf_counter()
     photo, note = read_photo(Path(path), MAX_TILED_PIXELS if tile else None)
-    small = None if tile else model_scale_frames(model.meta, [photo])[0]
+    small = None if tile else model_scale_frames(model.spec.frame_size, [photo])[0]
     return photo, note, small, time.perf_counter() - start
 
 
 def _finish(
-    model: "RunsOnFrames", plan: dict[str, Any], job: int, photo: np.ndarray, passes: list[np.ndarray],
-    options: "PredictConfig", seconds: float,
+    model: Predictor, plan: dict[str, Any], job: int, photo: np.ndarray, passes: list[np.ndarray],
+    options: PredictConfig, seconds: float,
 ) -> tuple[int, dict]:  # fmt: skip
     """Turn one photo's logits into its maps, write them, and return (job, its record): the writer threads' job."""
-    from lunar_cli.photos import finish_photo
-
     start = time.perf_counter()
     height, width = photo.shape[:2]
-    pred = finish_photo(model.meta, passes, height, width, probs=options.format == "probs",
-                        uncertainty=options.uncertainty)  # fmt: skip
-    names = model.class_names
-    files, hazard_summary = write_outputs(plan["targets"][job], options.format, photo, pred, names,
-                                          options.hazard_margin)  # fmt: skip
-    counts = np.bincount(pred.classes.ravel(), minlength=len(names))
-    record: dict[str, Any] = {
-        "input": plan["inputs"][job], "output": files, "width": width, "height": height,
-        "class_fractions": {name: round(float(c) / pred.classes.size, 6) for name, c in zip(names, counts)},
-    }  # fmt: skip
-    if hazard_summary is not None:
-        record["hazard"] = hazard_summary
-    if pred.uncertainty is not None:
-        mean = float(pred.uncertainty.mean())
-        record["uncertainty"] = {"mean": round(mean, 6)}
-        if pred.spread is not None:
-            record["uncertainty"]["tta_spread"] = round(float(pred.spread.mean()), 6)
-        record["out_of_distribution"] = bool(mean > model.meta["calibration"]["ood_threshold"])
-    record["seconds"] = round(seconds + time.perf_counter() - start, 4)
+    outputs = finish(passes, height, width, model.spec.temperature, probs=options.format == "probs",
+                     uncertainty=options.uncertainty)  # fmt: skip
+    summary, hazard_maps = photo_summary(model.spec, outputs, options.hazard_margin if options.hazard else None)
+    files = write_outputs(plan["targets"][job], options.format, photo, outputs, model.spec.class_names, summary,
+                          hazard_maps)  # fmt: skip
+    record = {"input": plan["inputs"][job], "output": files, "width": width, "height": height, **summary,
+              **model.runs_on(), "seconds": round(seconds + time.perf_counter() - start, 4)}  # fmt: skip
     return job, record
 
 
 @contextlib.contextmanager
 def _one_cv2_thread_each():
     """Let each pool thread run OpenCV on one core (the pool already spreads the photos over the cores)."""
-    import cv2
-
     before = cv2.getNumThreads()
     cv2.setNumThreads(1)
     try:
@@ -198,29 +179,26 @@ def _one_cv2_thread_each():
         cv2.setNumThreads(before)
 
 
+def _failure(path: str, job: int, exc: BaseException, doing: str, say: bool) -> dict[str, Any]:
+    """Return the failure record of one input (and warn in one line unless --strict, whose error says it)."""
+    reason = first_line(exc, 1000) if isinstance(exc, LunarError) else f"{path}: {doing} ({first_line(exc)})"
+    if say:
+        warn(reason)
+    return {"input": path, "reason": reason, "order": job}
+
+
 def _predict_share(
-    model: "RunsOnFrames", plan: dict[str, Any], jobs: list[int], options: "PredictConfig", *, progress: bool,
+    model: Predictor, plan: dict[str, Any], jobs: list[int], options: PredictConfig, *, progress: bool,
 ) -> tuple[list[tuple[int, dict]], list[dict[str, Any]]]:  # fmt: skip
     """Predict the inputs numbered ``jobs``, reading ahead and writing behind in a thread pool.
 
     Returns ([(job, record)], failures). The model runs here, on batches of same-size photos.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    import cv2
-
-    from lunar_cli.parallel import cpu_cores
-    from lunar_cli.photos import model_passes, tiled_logits
-
     cores = cpu_cores()
     failed: list[dict[str, Any]] = []
 
     def fail(job: int, exc: BaseException, doing: str) -> None:
-        path = plan["inputs"][job]
-        reason = first_line(exc, 1000) if isinstance(exc, LunarError) else f"{path}: {doing} ({first_line(exc)})"
-        if not options.strict:  # under --strict the error itself says it
-            warn(reason)
-        failed.append({"input": path, "reason": reason, "order": job})
+        failed.append(_failure(plan["inputs"][job], job, exc, doing, say=not options.strict))
 
     said: set[str] = set()
     writes = []
@@ -265,11 +243,11 @@ def _predict_share(
                 warn(f"{path}: {note} photo, converted to 8-bit RGB (said once for all such photos)")
             if options.tile:
                 start = time.perf_counter()
-                logits = tiled_logits(model, photo, model.window, options.tile_overlap, options.batch_size)
+                logits = tiled_logits(model, photo, options.tile_overlap, options.batch_size)
                 writes.append((job, pool.submit(_finish, model, plan, job, photo, [logits], options,
                                                 seconds + time.perf_counter() - start)))  # fmt: skip
                 continue
-            if small.shape[0] * small.shape[1] > 64 * model.window**2 and "large" not in said:
+            if small.shape[0] * small.shape[1] > 64 * model.spec.window**2 and "large" not in said:
                 said.add("large")
                 info(f"{path} is {photo.shape[1]}x{photo.shape[0]} ({small.shape[1]}x{small.shape[0]} at the "
                      "model's scale): --tile bounds the memory it takes")  # fmt: skip

@@ -5,20 +5,21 @@ NumPy and OpenCV only (no torch), so predicting with an exported ONNX model neve
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import sys
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
-from lunar_cli.classes import IMAGE_SUFFIXES, encode_mask
+from lunar_cli.classes import IMAGE_SUFFIXES, decode_image_file, encode_mask, to_rgb_uint8, write_png_atomic
 from lunar_cli.console import LunarError, warn
-
-if TYPE_CHECKING:
-    from lunar_cli.photos import PhotoPrediction
+from lunar_cli.files import atomic_path, refuse_overwrite
+from lunar_cli.hazard import hazard_image
+from lunar_cli.postprocess import Outputs
 
 FORMATS = {"rgb": ".png", "index": ".png", "overlay": "_overlay.png", "probs": ".npz"}
 # Maps written beside the mask when asked for -> what is appended to the output's base name.
@@ -67,8 +68,6 @@ def _exists(path: Path) -> bool:
 
 def _problem(path: Path, exc: OSError) -> dict[str, str]:
     """Return the batch problem for a path the system cannot even look at (too long, a link loop, no access)."""
-    import errno
-
     why = {errno.ENOENT: "no such file or folder", errno.ELOOP: "a symbolic link loop",
            errno.ENAMETOOLONG: "file name too long"}.get(exc.errno or 0, exc.strerror or str(exc))  # fmt: skip
     return {"input": str(path), "reason": f"{path}: {why}"}
@@ -168,7 +167,6 @@ def plan_outputs(
         raise LunarError(f"{folder}: cannot create the output folder ({exc.strerror}); choose another -o") from exc
     if not os.access(folder, os.W_OK | os.X_OK):
         raise LunarError(f"{folder}: not writable; choose another -o")
-    from lunar_cli.files import refuse_overwrite
 
     targets = [Path(f) for entry in plan for f in entry.values() if f is not None]
     refuse_overwrite(targets, paths, "an input photo", "choose another -o")
@@ -184,8 +182,6 @@ def read_photo(path: Path, max_pixels: int | None = None) -> tuple[np.ndarray, s
     files, and photos of more than ``max_pixels`` (default: the whole-frame budget), are
     a LunarError naming the file.
     """
-    from lunar_cli.classes import decode_image_file, to_rgb_uint8
-
     path = Path(path)
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise LunarError(f"{path}: unsupported format {path.suffix or '(no suffix)'}; use {' '.join(IMAGE_SUFFIXES)}")
@@ -211,14 +207,15 @@ def overlay(photo: np.ndarray, indices: np.ndarray) -> np.ndarray:
 
 
 def write_outputs(
-    targets: dict[str, str | None], fmt: str, photo: np.ndarray, prediction: "PhotoPrediction",
-    class_names: list[str], hazard_margin: int,
-) -> tuple[list[str], dict[str, Any] | None]:  # fmt: skip
-    """Write the mask (and hazard and uncertainty maps) atomically; return (files written, hazard summary or None)."""
-    from lunar_cli.classes import write_png_atomic
-    from lunar_cli.files import atomic_path
+    targets: dict[str, str | None], fmt: str, photo: np.ndarray, outputs: Outputs, class_names: list[str],
+    summary: dict[str, Any], hazard_maps: tuple | None,
+) -> list[str]:  # fmt: skip
+    """Write the mask (and hazard and uncertainty maps) atomically; return the files written.
 
-    indices = prediction.classes
+    ``summary`` and ``hazard_maps`` come from ``predictor.photo_summary`` (the hazard map
+    shows its largest safe circle).
+    """
+    indices = outputs.classes
     mask_path = Path(targets["mask"])
     if fmt == "rgb":
         write_png_atomic(mask_path, encode_mask(indices))
@@ -228,17 +225,14 @@ def write_outputs(
         write_png_atomic(mask_path, overlay(photo, indices))
     else:
         with atomic_path(mask_path) as tmp, open(tmp, "wb") as fh:  # a file object: savez would add ".npz"
-            np.savez_compressed(fh, probs=prediction.probs.astype(np.float16), classes=np.array(class_names))
+            np.savez_compressed(fh, probs=outputs.probs.astype(np.float16), classes=np.array(class_names))
     written = [str(mask_path)]
-    summary = None
-    if targets.get("hazard"):
-        from lunar_cli.hazard import assess_hazard, hazard_image
-
-        summary, hazard, safe = assess_hazard(indices, hazard_margin)
-        write_png_atomic(Path(targets["hazard"]), hazard_image(hazard, safe, summary["largest_safe_region"]))
+    if targets.get("hazard") and hazard_maps is not None:
+        hazard, safe = hazard_maps
+        write_png_atomic(Path(targets["hazard"]), hazard_image(hazard, safe, summary["hazard"]["largest_safe_region"]))
         written.append(targets["hazard"])
     if targets.get("uncertainty"):
         # 0 (black): certain; 255 (white): every class equally likely.
-        write_png_atomic(Path(targets["uncertainty"]), np.round(prediction.uncertainty * 255).astype(np.uint8))
+        write_png_atomic(Path(targets["uncertainty"]), np.round(outputs.uncertainty * 255).astype(np.uint8))
         written.append(targets["uncertainty"])
-    return written, summary
+    return written

@@ -9,21 +9,17 @@ instead of replaying it. Losses ignore IGNORE_INDEX pixels (crops that overhang 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
 
 from lunar_cli.classes import IGNORE_INDEX
-
-if TYPE_CHECKING:
-    import torch
-
-    from lunar_cli.config import TrainConfig
+from lunar_cli.config import TrainConfig
 
 
-def make_criterion(loss: str, class_weights: Any, class_pixels: list[int], device: "torch.device") -> Callable:
+def make_criterion(loss: str, class_weights: Any, class_pixels: list[int], device: torch.device) -> Callable:
     """Return the loss function (logits, int64 masks) -> scalar for ``loss`` (computed in fp32)."""
-    import torch
-    import torch.nn.functional as F
-
     weight = None
     if class_weights == "auto":
         counts = torch.tensor(class_pixels, dtype=torch.float64).clamp_min(1.0)
@@ -37,10 +33,7 @@ def make_criterion(loss: str, class_weights: Any, class_pixels: list[int], devic
 
     if loss == "ce":
         return cross_entropy
-    from segmentation_models_pytorch.losses import (  # ~1 s import, only when asked
-        DiceLoss,
-        FocalLoss,
-    )
+    from segmentation_models_pytorch.losses import DiceLoss, FocalLoss  # ~1 s import, only when asked
 
     dice = DiceLoss(mode="multiclass", from_logits=True, ignore_index=IGNORE_INDEX)
     if loss == "dice":
@@ -51,14 +44,14 @@ def make_criterion(loss: str, class_weights: Any, class_pixels: list[int], devic
     return lambda logits, target: cross_entropy(logits, target) + dice(logits.float(), target)
 
 
-def optimizer_kind(cfg: "TrainConfig") -> str:
+def optimizer_kind(cfg: TrainConfig) -> str:
     """Return the optimiser a run uses: ``auto`` is Adam for the custom U-Net and SGD for smp encoders."""
     if cfg.optimizer != "auto":
         return cfg.optimizer
     return "adam" if cfg.backbone == "custom" else "sgd"
 
 
-def learning_rate(cfg: "TrainConfig") -> float:
+def learning_rate(cfg: TrainConfig) -> float:
     """Return the run's base learning rate: the one given, else the measured or the study's default.
 
     AdamW on the custom U-Net: 3e-3 (measured on the CPU benchmark: small/large-rock IoU
@@ -73,10 +66,8 @@ def learning_rate(cfg: "TrainConfig") -> float:
     return 3e-3 if kind == "adamw" and cfg.backbone == "custom" else 1e-3
 
 
-def make_optimizer(model: "torch.nn.Module", cfg: "TrainConfig") -> "torch.optim.Optimizer":
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """Return the run's optimiser over the model's trainable parameters."""
-    import torch
-
     kind, lr = optimizer_kind(cfg), learning_rate(cfg)
     params = [p for p in model.parameters() if p.requires_grad]
     if kind == "sgd":
@@ -104,13 +95,12 @@ def schedule_factor(kind: str, step: int, total: int, warmup: int) -> float:
     return 1.0
 
 
-def make_scheduler(optimizer: "torch.optim.Optimizer", cfg: "TrainConfig", steps_per_epoch: int):
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
     """Return the run's scheduler: a per-step LambdaLR (warm-up, then the schedule), ReduceLROnPlateau, or None.
 
     ``plateau`` is stepped once per epoch with the val mIoU; every other kind after each
     optimiser step.
     """
-    import torch
 
     if cfg.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.5, patience=2)
@@ -122,7 +112,7 @@ def make_scheduler(optimizer: "torch.optim.Optimizer", cfg: "TrainConfig", steps
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule_factor(kind, step, total, warmup))
 
 
-def set_hyperparameters(optimizer: "torch.optim.Optimizer", scheduler: Any, cfg: "TrainConfig") -> None:
+def set_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: Any, cfg: TrainConfig) -> None:
     """Make a restored optimiser (and schedule) use ``cfg``'s rate, momentum and weight decay.
 
     The schedule keeps its progress: the current rate is rescaled by new base / old base

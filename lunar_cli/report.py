@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
-from lunar_cli.console import out
+from lunar_cli.classes import CLASS_NAMES
+from lunar_cli.console import map_leaves, number, printable, stdout
 
 
 def _table(title: str, columns: list[str], rows: list[list[object]]):
-    from rich.table import Table
+    from rich.table import Table  # rich loads on first output, not for lunar --help
 
     table = Table(title=title, title_justify="left")
     for i, column in enumerate(columns):
@@ -22,10 +23,10 @@ def _fetch(result: dict) -> None:
     dataset = result.get("dataset")
     if dataset:
         counts = dataset.get("counts", {})
-        out.print(_table(f"dataset in {result['data_dir']} (source: {dataset.get('source')})", ["folder", "files"],
+        stdout().print(_table(f"dataset in {result['data_dir']} (source: {dataset.get('source')})", ["folder", "files"],
                          [[k, v] for k, v in counts.items()]))
     for path in result.get("models", []):
-        out.print(f"model: {path}")
+        stdout().print(f"model: {path}")
 
 
 def _split(result: dict) -> None:
@@ -33,72 +34,64 @@ def _split(result: dict) -> None:
     total = result["total"] or 1
     rows = [[name, n, f"{100 * n / total:.1f}%"] for name, n in counts.items()]
     rows.append(["total", result["total"], "100.0%"])
-    out.print(_table(f"split (seed {result['seed']}, masks: {result['mask_source']})", ["split", "pairs", "share"], rows))
+    stdout().print(_table(f"split (seed {result['seed']}, masks: {result['mask_source']})", ["split", "pairs", "share"], rows))
     if result["skipped"]:
-        out.print(f"skipped {len(result['skipped'])} bad pair(s)")
-    out.print(f"manifest: {result['manifest']}")
+        stdout().print(f"skipped {len(result['skipped'])} bad pair(s)")
+    stdout().print(f"manifest: {result['manifest']}")
 
 
 def _train(result: dict) -> None:
     best = result.get("best") or {}
-    rows = [["mIoU", _num(best.get("val_miou"))], ["pixel accuracy", _num(best.get("val_pixel_accuracy"))]]
-    rows += [[f"IoU {k[4:]}", _num(v)] for k, v in best.items() if k.startswith("iou_")]
-    out.print(_table(f"{result['backbone']}: best val epoch {result['best_epoch']} of {result['epochs_run']}",
+    rows = [["mIoU", number(best.get("val_miou"))], ["pixel accuracy", number(best.get("val_pixel_accuracy"))]]
+    rows += [[f"IoU {k[4:]}", number(v)] for k, v in best.items() if k.startswith("iou_")]
+    stdout().print(_table(f"{result['backbone']}: best val epoch {result['best_epoch']} of {result['epochs_run']}",
                      ["metric", "value"], rows))
-    out.print(f"run: {result['run_dir']}  (best.pt, last.pt, history.csv, curves.png, metrics.json)")
-
-
-def _num(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+    stdout().print(f"run: {result['run_dir']}  (best.pt, last.pt, history.csv, curves.png, metrics.json)")
 
 
 def _eda(result: dict) -> None:
-    from lunar_cli.classes import CLASS_NAMES
-
     sets = [s for s in ("rendered", "real", "all") if s in result["class_shares"]]
     rows = []
     for name in CLASS_NAMES:
         rows.append([name, *[f"{100 * result['class_shares'][s][name]:.2f}%" for s in sets],
                      *[f"{result['class_presence_percent'][s][name]:.1f}%" for s in sets]])
     columns = ["class", *[f"pixels {s}" for s in sets], *[f"in images {s}" for s in sets]]
-    out.print(_table(f"eda: {result['counts']}", columns, rows))
+    stdout().print(_table(f"eda: {result['counts']}", columns, rows))
     off = result["off_palette"]
-    out.print(f"off-palette mask pixels: mean {100 * off['mean_share']:.3f}%, max {100 * off['max_share']:.3f}%, "
+    stdout().print(f"off-palette mask pixels: mean {100 * off['mean_share']:.3f}%, max {100 * off['max_share']:.3f}%, "
               f"{off['masks_with_off_palette']} of {off['masks']} masks")
-    out.print(f"figures and numbers: {result['out_dir']}")
+    stdout().print(f"figures and numbers: {result['out_dir']}")
 
 
 def _evaluate(result: dict) -> None:
-    from lunar_cli.classes import CLASS_NAMES
-
     splits = result["splits"]
-    rows = [[f"IoU {n}", *[_num(splits[s]["iou"].get(n)) for s in splits]] for n in CLASS_NAMES]
-    rows += [["mIoU", *[_num(splits[s]["miou"]) for s in splits]],
-             ["pixel accuracy", *[_num(splits[s]["pixel_accuracy"]) for s in splits]]]
+    rows = [[f"IoU {n}", *[number(splits[s]["iou"].get(n)) for s in splits]] for n in CLASS_NAMES]
+    rows += [["mIoU", *[number(splits[s]["miou"]) for s in splits]],
+             ["pixel accuracy", *[number(splits[s]["pixel_accuracy"]) for s in splits]]]
     if all("tta" in splits[s] for s in splits):
-        rows += [[f"with --tta: IoU {n}", *[_num(splits[s]["tta"]["iou"].get(n)) for s in splits]] for n in CLASS_NAMES]
-        rows += [["with --tta: mIoU", *[_num(splits[s]["tta"]["miou"]) for s in splits]]]
-    rows += [["calibration error (ECE)", *[_num(splits[s].get("ece")) for s in splits]],
+        rows += [[f"with --tta: IoU {n}", *[number(splits[s]["tta"]["iou"].get(n)) for s in splits]] for n in CLASS_NAMES]
+        rows += [["with --tta: mIoU", *[number(splits[s]["tta"]["miou"]) for s in splits]]]
+    rows += [["calibration error (ECE)", *[number(splits[s].get("ece")) for s in splits]],
              ["out-of-distribution images", *[_share(splits[s].get("out_of_distribution_share")) for s in splits]],
              ["images", *[splits[s]["images"] for s in splits]]]
-    out.print(_table(f"evaluate {result['model']} ({next(iter(splits.values()))['resolution']})", ["metric", *splits],
+    stdout().print(_table(f"evaluate {result['model']} ({next(iter(splits.values()))['resolution']})", ["metric", *splits],
                      rows))
-    out.print(f"files: {len(result['files'])} written beside the model (eval.json, confusion and prediction figures)")
+    stdout().print(f"files: {len(result['files'])} written beside the model (eval.json, confusion and prediction figures)")
 
 
 def _predict(result: dict) -> None:
     records = result["records"]
-    out.print(f"model: {result['model']}")
+    stdout().print(f"model: {result['model']}")
     for record in records[:20]:
         fractions = "  ".join(f"{k} {100 * v:.1f}%" for k, v in record["class_fractions"].items())
-        out.print(f"{record['input']} -> {', '.join(record['output'])}  ({fractions})")
+        stdout().print(f"{record['input']} -> {', '.join(record['output'])}  ({fractions})")
         if "hazard" in record and record["hazard"].get("largest_safe_region"):
             region = record["hazard"]["largest_safe_region"]
-            out.print(f"    safe ground: {100 * record['hazard']['safe_fraction']:.1f}%, largest safe circle at "
+            stdout().print(f"    safe ground: {100 * record['hazard']['safe_fraction']:.1f}%, largest safe circle at "
                       f"{region['center_xy']} radius {region['radius_px']} px")
     if len(records) > 20:
-        out.print(f"... and {len(records) - 20} more")
-    out.print(f"{len(records)} image(s) done, {result['written']} file(s) written, {len(result['failed'])} failed")
+        stdout().print(f"... and {len(records) - 20} more")
+    stdout().print(f"{len(records)} image(s) done, {result['written']} file(s) written, {len(result['failed'])} failed")
 
 
 def _share(value) -> str:
@@ -106,36 +99,22 @@ def _share(value) -> str:
 
 
 def _export(result: dict) -> None:
-    out.print(f"{result['model']} -> {result['output']} ({result['format']}, {result['bytes'] / 1e6:.1f} MB)")
-    out.print(f"checked on {result['frames_checked']} rendered scenes: class agrees on "
+    stdout().print(f"{result['model']} -> {result['output']} ({result['format']}, {result['bytes'] / 1e6:.1f} MB)")
+    stdout().print(f"checked on {result['frames_checked']} rendered scenes: class agrees on "
               f"{100 * result['class_agreement']:.3f}% of pixels, largest probability difference "
               f"{result['max_probability_difference']:.2g}")
 
 
 def _compare(result: dict) -> None:
-    out.print(result["table"])
-    out.print(f"figures: {', '.join(result['files'])}")
+    stdout().print(result["table"])
+    stdout().print(f"figures: {', '.join(result['files'])}")
 
 
 RENDERERS: dict[str, Callable[[dict], None]] = {"fetch": _fetch, "split": _split, "train": _train, "eda": _eda, "evaluate": _evaluate,
                                             "predict": _predict, "compare": _compare, "export": _export}
 
 
-def _printable(value: Any) -> Any:
-    """Return ``value`` with every string safe for a UTF-8 stdout: non-UTF-8 bytes of file names become \\xNN."""
-    if isinstance(value, str):
-        try:
-            raw = value.encode("utf-8", "surrogateescape")  # how Python holds undecodable name bytes
-        except UnicodeEncodeError:
-            raw = value.encode("utf-8", "backslashreplace")
-        return raw.decode("utf-8", "backslashreplace")
-    if isinstance(value, dict):
-        return {key: _printable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_printable(item) for item in value]
-    return value
-
-
 def show(command: str, result: dict) -> None:
     """Print the result of ``command`` for a person reading a terminal."""
-    RENDERERS[command](_printable(result))
+    # File names with non-UTF-8 bytes print as \\xNN, on any terminal.
+    RENDERERS[command](map_leaves(result, lambda v: printable(v) if isinstance(v, str) else v))

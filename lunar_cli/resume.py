@@ -2,33 +2,60 @@
 
 ``lunar train --resume RUN`` builds its config as defaults -> the run's saved config ->
 ``--config`` YAML -> flags. Every value that then differs from the run's own is either
-refused (``ON_RESUME`` in config.py says which and why) or applied and said in one line,
+refused (``ON_RESUME`` says which and why) or applied and said in one line,
 so a flag the user typed is never dropped in silence.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Mapping
 
-from lunar_cli.config import ON_RESUME, RESUME_SECTIONS, Config, load_config
+import torch
+
+from lunar_cli.config import Config, load_config
 from lunar_cli.config_tree import as_plain, flatten, nest
 from lunar_cli.console import LunarError, info, warn
+from lunar_cli.model_files import find_resume
+from lunar_cli.models.checkpoint import load_checkpoint
+from lunar_cli.models.registry import friendly_name
 
-
-def resolve_resume(resume: Path) -> Path:
-    """Return the last.pt to resume from, given a run folder or a checkpoint file."""
-    resume = Path(resume)
-    path = resume / "last.pt" if resume.is_dir() else resume
-    if not path.is_file():
-        raise LunarError(f"nothing to resume at {resume}: give a run folder with last.pt or a checkpoint file")
-    return path
+# What ``lunar train --resume`` does with a value that differs from the run's saved one.
+# "refuse": a one-line error naming the flag (the value is part of the run's identity);
+# "apply": used, and said in one line; "note": used, and said with a warning that the
+# run no longer reproduces an uninterrupted one. Keys outside train/data/seed/device/
+# data_dir/runs_dir do not affect training and are ignored on resume.
+ON_RESUME: dict[str, tuple[str, str]] = {
+    "seed": ("refuse", "the seed fixes the run's shuffles and augmentation"),
+    "runs_dir": ("refuse", "a resumed run stays in its own folder"),
+    "train.name": ("refuse", "a resumed run stays in its own folder"),
+    "train.exist_ok": ("refuse", "a resumed run stays in its own folder"),
+    "train.recipe": ("refuse", "the recipe sets how frames are cached and fed"),
+    "train.backbone": ("refuse", "the architecture is fixed by the checkpoint"),
+    "train.width": ("refuse", "the architecture is fixed by the checkpoint"),
+    "train.depth": ("refuse", "the architecture is fixed by the checkpoint"),
+    "train.encoder_weights": ("refuse", "the weights come from the checkpoint"),
+    "train.init": ("refuse", "the weights come from the checkpoint"),
+    "train.optimizer": ("refuse", "the optimiser state in last.pt belongs to the run's optimiser"),
+    "train.scheduler": ("refuse", "the schedule state in last.pt belongs to the run's schedule"),
+    "data.image_size": ("refuse", "it changes the cached training data"),
+    "data.scale": ("refuse", "it changes the cached training data"),
+    "data.limit": ("refuse", "it changes which images the run trains on"),
+    "data.skip_bad": ("refuse", "it changes which images the run trains on"),
+    "train.epochs": ("apply", ""),
+    "train.patience": ("apply", ""),
+    "data.workers": ("apply", ""),
+    "data.cache_dir": ("apply", ""),
+    "device": ("apply", ""),
+    "data_dir": ("note", "it must hold the same dataset"),
+    "channels_last": ("apply", ""),
+}
+RESUME_SECTIONS = ("train.", "data.", "seed", "device", "amp", "channels_last", "data_dir", "runs_dir")
 
 
 def read_resume_checkpoint(last: Path) -> dict:
     """Return the checkpoint at ``last`` (tensors memory-mapped), refusing one that cannot be resumed."""
-    from lunar_cli.models.checkpoint import load_checkpoint
-
     ckpt = load_checkpoint(last, mmap=True)
     if "train_state" not in ckpt:
         raise LunarError(f"{last}: holds weights only (a best.pt?); resume from the run's last.pt")
@@ -50,37 +77,35 @@ def _relevant(cfg: Config) -> dict[str, Any]:
     return {k: v for k, v in flatten(as_plain(cfg)).items() if k.startswith(RESUME_SECTIONS)}
 
 
-def _same(key: str, old: Any, new: Any) -> bool:
+def _unchanged(key: str, old: Any, new: Any) -> bool:
     if old == new:
         return True
     if key in ("data_dir", "runs_dir"):
         return Path(old).resolve() == Path(new).resolve()
     if key == "train.backbone":
-        from lunar_cli.models.registry import friendly_name
-
         return friendly_name(str(old)) == friendly_name(str(new))
     return False
 
 
-def _shown(value: Any, key: str = "") -> str:
+def _as_typed(value: Any, key: str = "") -> str:
     """Return a value as a flag takes it: ``0.5``, ``1,1,5,5``, ``none`` (``auto`` for automatic choices)."""
     if value is None:
         return "auto" if key in ("amp", "channels_last") else "none"
     if isinstance(value, (list, tuple)):
-        return ",".join(_shown(v) for v in value)
+        return ",".join(_as_typed(v) for v in value)
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
 
 
-def _spelled(key: str, value: Any, from_flag: bool) -> str:
+def _as_given(key: str, value: Any, from_flag: bool) -> str:
     """Return how the user gave ``key``: as its flag (``--lr 0.5``, ``--no-amp``) or as a config key."""
     if not from_flag:
-        return f"config key '{key}: {_shown(value)}'"
+        return f"config key '{key}: {_as_typed(value)}'"
     flag = "--" + key.rsplit(".", 1)[-1].replace("_", "-")
     if isinstance(value, bool):
         return flag if value else flag.replace("--", "--no-", 1)
-    return f"{flag} {_shown(value)}"
+    return f"{flag} {_as_typed(value)}"
 
 
 def resume_changes(saved: Mapping[str, Any], cfg: Config, flag_keys: set[str]) -> list[tuple[str, str]]:
@@ -92,20 +117,20 @@ def resume_changes(saved: Mapping[str, Any], cfg: Config, flag_keys: set[str]) -
     said = []
     for key, new in _relevant(cfg).items():
         old = saved.get(key, new)
-        if _same(key, old, new):
+        if _unchanged(key, old, new):
             continue
         action, why = ON_RESUME.get(key, ("note", ""))
-        given = _spelled(key, new, key in flag_keys)
+        given = _as_given(key, new, key in flag_keys)
         if action == "refuse":
             raise LunarError(
-                f"{given}: cannot change when resuming ({why}; the run has {_shown(old, key)}); "
+                f"{given}: cannot change when resuming ({why}; the run has {_as_typed(old, key)}); "
                 "leave it out, or start a new run"
             )
         if action == "apply":
-            said.append(("info", f"resume: {given} (the run had {_shown(old, key)})"))
+            said.append(("info", f"resume: {given} (the run had {_as_typed(old, key)})"))
         else:
             reason = why or "the run will no longer match an uninterrupted one"
-            said.append(("warn", f"resume: {given} (the run had {_shown(old, key)}); {reason}"))
+            said.append(("warn", f"resume: {given} (the run had {_as_typed(old, key)}); {reason}"))
     return said
 
 
@@ -119,7 +144,7 @@ def load_train_config(
     """
     if resume is None:
         return load_config(path, flags), []
-    last = resolve_resume(resume)
+    last = find_resume(resume)
     saved = saved_config(read_resume_checkpoint(last))
     try:
         base = load_config(None, None, base=nest(saved))
@@ -138,7 +163,6 @@ def say_changes(changes: list[tuple[str, str]]) -> None:
 
 def rng_state() -> dict:
     """Return the torch random state (CPU, and every GPU's) for last.pt."""
-    import torch
 
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -148,9 +172,6 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     """Restore a random state saved by ``rng_state`` (GPU state only where GPUs are visible)."""
-    import contextlib
-
-    import torch
 
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():

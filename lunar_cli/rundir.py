@@ -57,7 +57,7 @@ def lock_run_dir(run_dir: Path) -> IO[str] | None:
     None where file locks do not exist (Windows, some network file systems).
     """
     try:
-        import fcntl
+        import fcntl  # POSIX only: where it is missing, runs are not locked
     except ImportError:
         return None
     try:

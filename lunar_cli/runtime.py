@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lunar_cli.console import LunarError
+from lunar_cli.console import LunarError, warn
+from lunar_cli.parallel import cpu_cores
 
 if TYPE_CHECKING:
     import torch
@@ -55,9 +57,7 @@ class Precision:
 
     def autocast(self):
         """Return the autocast context for a forward pass (a no-op in fp32)."""
-        import contextlib
-
-        import torch
+        import torch  # heavy: only once a device is chosen (never for lunar --help or ONNX predict)
 
         if self.dtype is None:
             return contextlib.nullcontext()
@@ -65,7 +65,7 @@ class Precision:
 
     def grad_scaler(self):
         """Return a GradScaler where the dtype needs one (fp16 on CUDA), else None."""
-        import torch
+        import torch  # heavy: only once a device is chosen (never for lunar --help or ONNX predict)
 
         return torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
 
@@ -76,7 +76,7 @@ def cpu_bf16_support() -> str | None:
     oneDNN also runs bf16 on CPUs without these instructions, by emulation, which is slower
     than fp32; so only the native instructions count.
     """
-    import torch
+    import torch  # heavy: only once a device is chosen (never for lunar --help or ONNX predict)
 
     if not (torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         return None
@@ -104,9 +104,8 @@ def choose_precision(device: "torch.device", amp: bool | None, channels_last: bo
     falls back to fp32, said in one line), False is fp32. ``channels_last`` None picks
     the faster layout on this device type.
     """
-    import torch
+    import torch  # heavy: only once a device is chosen (never for lunar --help or ONNX predict)
 
-    from lunar_cli.console import warn
 
     kind = device.type
     dtype, how = None, "fp32"
@@ -126,7 +125,7 @@ def choose_precision(device: "torch.device", amp: bool | None, channels_last: bo
 
 def select_device(name: str = "auto", local_rank: int = 0) -> "torch.device":
     """Return the torch device for ``name``: auto picks CUDA, then MPS, then CPU."""
-    import torch
+    import torch  # heavy: only once a device is chosen (never for lunar --help or ONNX predict)
 
     name = (name or "auto").lower()
     if name == "auto":
@@ -157,7 +156,7 @@ def setup_distributed(device_name: str = "auto") -> tuple[Dist, "torch.device"]:
 
     NCCL on GPUs, gloo on CPU. On CPU the cores are shared between the local processes.
     """
-    import torch
+    import torch  # heavy: only once a device is chosen (never for lunar --help or ONNX predict)
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     dist = Dist(
@@ -167,13 +166,11 @@ def setup_distributed(device_name: str = "auto") -> tuple[Dist, "torch.device"]:
     )
     device = select_device(device_name, dist.local_rank)
     if device.type == "cpu":
-        from lunar_cli.parallel import cpu_cores
-
         local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world_size)))
         cores = cpu_cores()
         torch.set_num_threads(max(1, cores // max(1, local)))
     if dist.enabled:
-        import torch.distributed as tdist
+        import torch.distributed as tdist  # heavy: only once a device is chosen (never for lunar --help or ONNX predict)
 
         if not tdist.is_initialized():
             backend = "nccl" if device.type == "cuda" else "gloo"
@@ -187,7 +184,7 @@ def broadcast(value: Any, dist: Dist) -> Any:
     """Return rank 0's ``value`` on every rank (a no-op outside torchrun)."""
     if not dist.enabled:
         return value
-    import torch.distributed as tdist
+    import torch.distributed as tdist  # heavy: only once a device is chosen (never for lunar --help or ONNX predict)
 
     box = [value]
     tdist.broadcast_object_list(box, src=0)
@@ -197,7 +194,7 @@ def broadcast(value: Any, dist: Dist) -> Any:
 def barrier(dist: Dist) -> None:
     """Wait for every rank (a no-op outside torchrun)."""
     if dist.enabled:
-        import torch.distributed as tdist
+        import torch.distributed as tdist  # heavy: only once a device is chosen (never for lunar --help or ONNX predict)
 
         tdist.barrier()
 
@@ -205,7 +202,7 @@ def barrier(dist: Dist) -> None:
 def all_reduce_sum(values: "torch.Tensor", dist: Dist) -> "torch.Tensor":
     """Return ``values`` summed over ranks (unchanged outside torchrun)."""
     if dist.enabled:
-        import torch.distributed as tdist
+        import torch.distributed as tdist  # heavy: only once a device is chosen (never for lunar --help or ONNX predict)
 
         tdist.all_reduce(values, op=tdist.ReduceOp.SUM)
     return values
@@ -214,7 +211,7 @@ def all_reduce_sum(values: "torch.Tensor", dist: Dist) -> "torch.Tensor":
 def teardown_distributed(dist: Dist) -> None:
     """Leave the process group if this process joined one."""
     if dist.enabled:
-        import torch.distributed as tdist
+        import torch.distributed as tdist  # heavy: only once a device is chosen (never for lunar --help or ONNX predict)
 
         if tdist.is_initialized():
             tdist.destroy_process_group()

@@ -1,183 +1,57 @@
-"""The training engine behind ``lunar train``: best model on val IoU, exact resume, torchrun/DDP.
+"""The training loop behind ``lunar train``: best model on val IoU, exact resume, torchrun/DDP.
 
-Reads top to bottom like torchvision's reference script: ``build_run`` (data from
-``lunar_cli.data.loaders``, model, optimiser, loss) -> ``restore`` -> ``train_one_epoch``
--> ``validate`` -> ``end_epoch`` -> ``finish`` -> ``train``. A ``Run`` holds what is built once; a ``TrainState`` holds what
-changes every epoch, and ``last.pt`` holds both (with the config), so a run continues
-exactly. ``best.pt`` holds the weights with the highest val mIoU. Only rank 0 writes
-files and logs.
+Reads top to bottom like torchvision's reference script: the run is built and restored in
+``lunar_cli.train_setup`` (data, model, optimiser, loss, last.pt), then ``train_one_epoch``
+-> ``validate`` -> ``end_epoch`` -> ``finish`` -> ``train``. ``best.pt`` holds the weights
+with the highest val mIoU, ``last.pt`` everything a run needs to continue exactly. A run
+whose loss or weights stop being finite stops in one line before anything of that epoch
+is saved. Only rank 0 writes files and logs.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any
 
+import torch
+
+from lunar_cli.calibration import calibrate_checkpoint
 from lunar_cli.classes import CLASS_NAMES
 from lunar_cli.config import Config
-from lunar_cli.config_tree import as_plain
-from lunar_cli.console import LunarError, info, warn
-from lunar_cli.runtime import Dist
-
-if TYPE_CHECKING:
-    import torch
-
-    from lunar_cli.data.dataset import CropLoader
-    from lunar_cli.data.loaders import Loaders
-    from lunar_cli.runtime import Precision
-    from lunar_cli.train_log import EpochProgress
-
-@dataclass
-class TrainState:
-    """What changes from epoch to epoch; saved in last.pt so that a run resumes where it stopped."""
-
-    epoch: int = 0  # the last finished epoch
-    history: list[dict] = field(default_factory=list)  # one row per finished epoch (HISTORY_FIELDS)
-    best_miou: float = -1.0  # best val mIoU so far (-1: none yet)
-    best_epoch: int = 0
-    stale: int = 0  # epochs since the best one
-
-
-@dataclass
-class Run:
-    """What a training run builds once: where it writes, the model, and how it learns."""
-
-    cfg: Config
-    dist: Dist
-    device: "torch.device"
-    run_dir: Path
-    backbone: str
-    model: "torch.nn.Module"  # the plain model: its weights are what checkpoints hold
-    net: "torch.nn.Module"  # the model as trained: wrapped in DDP and/or torch.compile
-    loaders: Loaders
-    optimizer: "torch.optim.Optimizer"
-    scheduler: Any
-    scaler: Any
-    precision: "Precision"
-    criterion: Callable
-    meta: dict  # checkpoint_meta arguments that do not change during the run
-
-
-def configure_torch(cfg: Config, device: "torch.device") -> None:
-    """Seed torch and choose deterministic or fast kernels for the run."""
-    import torch
-
-    torch.manual_seed(cfg.seed)
-    if cfg.train.deterministic:
-        # On CUDA a few kernels we use (2-D NLL loss, weighted bincount) have no deterministic
-        # version: warn instead of failing the first step there.
-        torch.use_deterministic_algorithms(True, warn_only=device.type == "cuda")
-        if device.type == "cuda":
-            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-            torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-def open_run_dir(cfg: Config, dist: Dist, resume_from: Path | None, backbone: str) -> Path:
-    """Return the run folder (the resumed run's, or a new runs/train/<name>N), the same on every rank."""
-    from lunar_cli.rundir import make_run_dir
-    from lunar_cli.runtime import broadcast
-
-    if resume_from is not None:
-        return resume_from.parent
-    run_dir = make_run_dir(Path(cfg.runs_dir) / "train", cfg.train.name or backbone, cfg.train.exist_ok) if dist.is_main else None
-    return Path(broadcast(str(run_dir) if run_dir else None, dist))
-
-
-def build_run(cfg: Config, dist: Dist, device: "torch.device", run_dir: Path, fresh: bool, progress: bool) -> Run:
-    """Return the run's data, model (on the device, wrapped for DDP/compile), optimiser, schedule and loss."""
-    import torch
-
-    from lunar_cli.data.loaders import crop_side, frame_size, make_loaders
-    from lunar_cli.models.checkpoint import load_initial_weights
-    from lunar_cli.models.registry import (
-        build_model,
-        friendly_name,
-        normalization,
-        smp_encoder_name,
-    )
-    from lunar_cli.recipe import make_criterion, make_optimizer, make_scheduler
-    from lunar_cli.runtime import choose_precision
-
-    t, on_gpu = cfg.train, device.type == "cuda"
-    backbone = friendly_name(t.backbone)
-    norm = normalization(backbone)
-    precision = choose_precision(device, cfg.amp, cfg.channels_last)
-    # The model first: a wrong --init or weights file is refused before any data is decoded.
-    # A resumed or initialised run's weights come from a checkpoint: never download encoder weights for it.
-    weights = None if not fresh or t.init or backbone == "custom" or t.encoder_weights == "none" else t.encoder_weights
-    model_kwargs = {"base_width": t.width, "depth": t.depth} if backbone == "custom" else {}
-    model = build_model(backbone, encoder_weights=weights, **model_kwargs)
-    if fresh and t.init:
-        load_initial_weights(model, t.init, backbone, model_kwargs, cfg.runs_dir)
-    loaders = make_loaders(
-        cfg.data_dir, cfg.data, batch_size=t.batch_size, normalization=norm, device=device, seed=cfg.seed,
-        dist=dist, channels_last=precision.channels_last, progress=progress,
-    )  # fmt: skip
-    model = model.to(device)
-    if precision.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(model, t)
-    net = model
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if on_gpu else None)
-    if t.compile:
-        net = torch.compile(net)
-    meta = dict(backbone=backbone, encoder=smp_encoder_name(backbone), frame_size=frame_size(cfg.data),
-                crop_size=crop_side(cfg.data), normalization=norm, model_kwargs=model_kwargs)  # fmt: skip
-    return Run(
-        cfg=cfg, dist=dist, device=device, run_dir=run_dir, backbone=backbone, model=model, net=net,
-        loaders=loaders, optimizer=optimizer, scheduler=make_scheduler(optimizer, t, len(loaders.train)),
-        scaler=precision.grad_scaler(), precision=precision,
-        criterion=make_criterion(t.loss, t.class_weights, loaders.class_pixels, device), meta=meta,
-    )  # fmt: skip
-
-
-def restore(run: Run, ckpt: dict) -> TrainState:
-    """Load a last.pt into the run (weights, optimiser, schedule, scaler, random state); return its state.
-
-    The run's own config then sets the rate, momentum and weight decay, so values
-    changed on resume take effect.
-    """
-    from lunar_cli.recipe import set_hyperparameters
-    from lunar_cli.resume import set_rng_state
-
-    from lunar_cli.models.checkpoint import check_finite_weights
-
-    saved = ckpt["train_state"]
-    check_finite_weights(ckpt["model"], f"--resume {run.run_dir}")
-    run.model.load_state_dict(ckpt["model"])
-    run.optimizer.load_state_dict(saved["optimizer"])
-    if run.scheduler is not None and saved.get("scheduler") is not None:
-        run.scheduler.load_state_dict(saved["scheduler"])
-    if run.scaler is not None and saved.get("scaler") is not None:
-        run.scaler.load_state_dict(saved["scaler"])
-    asked_before = saved["config"].get("train", {})
-    if any(asked_before.get(k) != getattr(run.cfg.train, k) for k in ("lr", "momentum", "weight_decay")):
-        set_hyperparameters(run.optimizer, run.scheduler, run.cfg.train)  # only what the user changed on resume
-    set_rng_state(saved["rng"])
-    before, asked = saved.get("precision"), saved["config"]
-    same_request = (asked.get("amp"), asked.get("channels_last")) == (run.cfg.amp, run.cfg.channels_last)
-    if before not in (None, run.precision.label) and same_request and run.dist.is_main:  # flags say their own line
-        warn(f"resume: this machine runs the model as {run.precision.label}, the run so far ran as {before}; "
-             "numbers will differ slightly from an uninterrupted run")
-    return TrainState(epoch=saved["epoch"], history=list(saved["history"]), best_miou=saved["best_miou"],
-                      best_epoch=saved["best_epoch"], stale=saved["stale"])  # fmt: skip
+from lunar_cli.console import LunarError, info
+from lunar_cli.data.dataset import CropLoader
+from lunar_cli.files import write_json_atomic
+from lunar_cli.metrics import summarize
+from lunar_cli.model_files import find_resume
+from lunar_cli.models.checkpoint import save_checkpoint
+from lunar_cli.models.registry import friendly_name
+from lunar_cli.plots import plot_training_curves
+from lunar_cli.recipe import learning_rate
+from lunar_cli.resume import load_train_config, read_resume_checkpoint, say_changes
+from lunar_cli.rundir import lock_run_dir, remove_if_unused
+from lunar_cli.runtime import all_reduce_sum, setup_distributed, teardown_distributed
+from lunar_cli.scoring import score_frames
+from lunar_cli.torch_model import PRECISION_NAMES, wrap_model
+from lunar_cli.train_log import EpochProgress, say_start, write_history
+from lunar_cli.train_setup import (
+    Run,
+    TrainState,
+    build_run,
+    configure_torch,
+    open_run_dir,
+    refuse_overwriting_init,
+    restore,
+    run_checkpoint_meta,
+    save_last,
+    write_config,
+)
 
 
 class NonFiniteLoss(Exception):
     """The training loss became NaN or infinite at (or within the few steps before) ``step``."""
-
     def __init__(self, step: int, value: float) -> None:
         super().__init__(f"step {step}: loss {value}")
         self.step, self.value = step, value
@@ -187,15 +61,13 @@ CHECK_EVERY = 5  # steps between checks that the loss is still finite (each chec
 
 
 def train_one_epoch(
-    model, loader: "CropLoader", criterion, optimizer, scaler, autocast, update, scheduler=None,
+    model, loader: CropLoader, criterion, optimizer, scaler, autocast, update, scheduler=None,
 ) -> tuple[float, int, float]:  # fmt: skip
     """Train for one epoch (stepping a per-step ``scheduler`` after each step); return (mean loss, images, seconds).
 
     Raises NonFiniteLoss as soon as a check sees the summed loss NaN or infinite (every
     CHECK_EVERY steps and at the end): one bad step poisons the sum, so none is missed.
     """
-    import torch
-
     model.train()
     # float64 sums exactly over an epoch; MPS has no float64.
     total = torch.zeros((), dtype=torch.float32 if loader.device.type == "mps" else torch.float64, device=loader.device)
@@ -229,21 +101,13 @@ def train_one_epoch(
 
 def validate(run: Run) -> tuple[float | None, dict]:
     """Return (mean loss, metrics summary) of the run's model on the whole val split, at the labels' resolution."""
-    from lunar_cli.engine import wrap_model
-    from lunar_cli.metrics import summarize
-    from lunar_cli.scoring import score_frames
-
-    model = wrap_model(run.model, run.meta, run.device, run.precision)
+    model = wrap_model(run.model, run_checkpoint_meta(run, TrainState()), run.device, run.precision)
     score = score_frames(model, run.loaders.val, criterion=run.criterion)
     return score.loss, summarize(score.matrix, CLASS_NAMES)
 
 
-def run_epoch(run: Run, epoch: int, bar: "EpochProgress") -> dict:
+def run_epoch(run: Run, epoch: int, bar: EpochProgress) -> dict:
     """Train and validate one epoch, step the schedule; return the epoch's history row."""
-    import torch
-
-    from lunar_cli.runtime import all_reduce_sum
-
     run.loaders.train.set_epoch(epoch)
     lr = run.optimizer.param_groups[0]["lr"]
     per_step = run.scheduler if run.cfg.train.scheduler != "plateau" else None
@@ -274,8 +138,6 @@ def run_epoch(run: Run, epoch: int, bar: "EpochProgress") -> dict:
 
 def _diverged(run: Run, epoch: int, what: str) -> str:
     """Return the one line that stops a run whose loss (or weights) stopped being finite, with the likely cause."""
-    from lunar_cli.recipe import learning_rate
-
     t = run.cfg.train
     causes = f"the learning rate {learning_rate(t):g} is too high (try {learning_rate(t) / 10:g} with --lr)"
     if t.class_weights not in (None, "auto"):
@@ -287,48 +149,13 @@ def _diverged(run: Run, epoch: int, what: str) -> str:
             f"nothing of this epoch was saved, {kept} holds the last good epoch ({epoch - 1})")  # fmt: skip
 
 
-def weights_are_finite(model: "torch.nn.Module") -> bool:
+def weights_are_finite(model: torch.nn.Module) -> bool:
     """Return whether every parameter and buffer of ``model`` is finite (no NaN or infinity)."""
-    import torch
-
     return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
-def _checkpoint_meta(run: Run, state: TrainState) -> dict:
-    from lunar_cli.models.checkpoint import checkpoint_meta
-
-    best = state.best_miou if state.best_miou >= 0 else None
-    return checkpoint_meta(epoch=state.epoch, best_metric=("val_miou", best), **run.meta)
-
-
-def save_last(run: Run, state: TrainState) -> None:
-    """Write last.pt: weights, optimiser, schedule, scaler, random state, history and the config."""
-    from lunar_cli.models.checkpoint import save_checkpoint
-    from lunar_cli.resume import rng_state
-
-    train_state = {
-        **asdict(state), "backbone": run.backbone, "config": _saved_config(run.cfg),
-        "optimizer": run.optimizer.state_dict(),
-        "scheduler": run.scheduler.state_dict() if run.scheduler is not None else None,
-        "scaler": run.scaler.state_dict() if run.scaler is not None else None, "rng": rng_state(),
-        "precision": run.precision.label,
-    }  # fmt: skip
-    save_checkpoint(run.run_dir / "last.pt", model_state=run.model.state_dict(), meta=_checkpoint_meta(run, state),
-                    extra={"train_state": train_state})  # fmt: skip
-
-
-def _saved_config(cfg: Config) -> dict:
-    """Return the config as a resumed run reads it back (data_dir absolute, so any folder can resume it)."""
-    saved = as_plain(cfg)
-    saved["data_dir"] = str(Path(cfg.data_dir).resolve())
-    return saved
-
-
-def end_epoch(run: Run, state: TrainState, row: dict, bar: "EpochProgress") -> None:
+def end_epoch(run: Run, state: TrainState, row: dict, bar: EpochProgress) -> None:
     """Record a finished epoch: best-so-far, best.pt when it improved, last.pt, history.csv, the log line."""
-    from lunar_cli.models.checkpoint import save_checkpoint
-    from lunar_cli.train_log import write_history
-
     state.epoch = row["epoch"]
     state.history.append(row)
     miou = row["val_miou"] if row["val_miou"] is not None else math.nan
@@ -340,7 +167,7 @@ def end_epoch(run: Run, state: TrainState, row: dict, bar: "EpochProgress") -> N
     if run.dist.is_main:
         if improved:
             save_checkpoint(run.run_dir / "best.pt", model_state=run.model.state_dict(),
-                            meta=_checkpoint_meta(run, state))  # fmt: skip
+                            meta=run_checkpoint_meta(run, state))  # fmt: skip
         save_last(run, state)
         write_history(run.run_dir / "history.csv", state.history)
         bar.log(row)
@@ -348,14 +175,10 @@ def end_epoch(run: Run, state: TrainState, row: dict, bar: "EpochProgress") -> N
 
 def finish(run: Run, state: TrainState, stopped_early: bool) -> dict:
     """Calibrate best.pt, write curves.png and metrics.json (rank 0); return the run's summary."""
-    from lunar_cli.files import write_json_atomic
-
     run_dir, history = run.run_dir, state.history
     best = run_dir / "best.pt"
     calibration = None
     if run.dist.is_main and best.is_file():
-        from lunar_cli.calibration import calibrate_checkpoint
-
         calibration = calibrate_checkpoint(best, run.loaders.val, run.device, run.cfg.amp, run.cfg.channels_last)
         info(f"calibrated best.pt on val: temperature {calibration['temperature']:.3g}, calibration error (ECE) "
              f"{calibration['ece_val_before']:.4f} -> {calibration['ece_val']:.4f}, out-of-distribution above mean "
@@ -363,6 +186,7 @@ def finish(run: Run, state: TrainState, stopped_early: bool) -> dict:
     result = {
         "run_dir": str(run_dir), "backbone": run.backbone, "encoder": run.meta["encoder"],
         "parameters": sum(p.numel() for p in run.model.parameters()), "device": str(run.device),
+        "precision": PRECISION_NAMES[run.precision.dtype], "layout": "channels-last" if run.precision.channels_last else "NCHW",
         "world_size": run.dist.world_size, "epochs_run": len(history), "stopped_early": stopped_early,
         "best_epoch": state.best_epoch, "best_val_miou": state.best_miou if state.best_miou >= 0 else None,
         "best": next((r for r in history if r["epoch"] == state.best_epoch), None),
@@ -371,31 +195,10 @@ def finish(run: Run, state: TrainState, stopped_early: bool) -> dict:
         "files": {n: str(run_dir / n) for n in ("best.pt", "last.pt", "history.csv", "curves.png", "metrics.json")},
     }  # fmt: skip
     if run.dist.is_main:
-        from lunar_cli.plots import plot_training_curves
-
         if history:
             plot_training_curves(run_dir / "curves.png", history, f"{run.backbone}: loss and IoU per epoch")
         write_json_atomic(run_dir / "metrics.json", result)
     return result
-
-
-def _write_config(run: Run) -> None:
-    import yaml
-
-    from lunar_cli.files import write_text_atomic
-
-    text = yaml.safe_dump({**_saved_config(run.cfg), "world_size": run.dist.world_size}, sort_keys=False)
-    write_text_atomic(run.run_dir / "config.yaml", text)
-
-
-def _refuse_overwriting_init(cfg: Config, run_dir: Path) -> None:
-    """Refuse a run folder (``--exist-ok``) whose checkpoints are the ``--init`` model itself: they would replace it."""
-    from lunar_cli.engine import find_model
-    from lunar_cli.files import refuse_overwrite
-
-    source, _ = find_model(cfg.train.init, cfg.runs_dir)
-    refuse_overwrite([run_dir / "best.pt", run_dir / "last.pt"], [source], "the --init model",
-                     "give the new run another --name, or copy the model elsewhere first")  # fmt: skip
 
 
 def train(
@@ -407,13 +210,8 @@ def train(
     come from ``lunar_cli.resume.load_train_config`` (the run's saved config under YAML
     and flags); the changes are said once the run folder is ours.
     """
-    from lunar_cli.models.registry import friendly_name
-    from lunar_cli.resume import read_resume_checkpoint, resolve_resume, say_changes
-    from lunar_cli.rundir import lock_run_dir, remove_if_unused
-    from lunar_cli.runtime import setup_distributed, teardown_distributed
-    from lunar_cli.train_log import EpochProgress, say_start
 
-    last = resolve_resume(resume) if resume is not None else None
+    last = find_resume(resume) if resume is not None else None
     ckpt = read_resume_checkpoint(last) if last is not None else None
     dist, device = setup_distributed(cfg.device)
     with contextlib.ExitStack() as stack:
@@ -426,17 +224,17 @@ def train(
             lock = lock_run_dir(run_dir)  # one training per run folder
             stack.callback(lambda: lock is not None and lock.close())
             if ckpt is None and cfg.train.init:
-                _refuse_overwriting_init(cfg, run_dir)
+                refuse_overwriting_init(cfg, run_dir)
             say_changes(list(changes))
         run = build_run(cfg, dist, device, run_dir, fresh=ckpt is None, progress=progress)
         state = restore(run, ckpt) if ckpt is not None else TrainState()
-        talk = progress and dist.is_main
-        if talk:
+        shows_progress = progress and dist.is_main
+        if shows_progress:
             say_start(run, state.epoch if ckpt is not None else None)
         if dist.is_main and ckpt is None:
-            _write_config(run)
+            write_config(run)
             save_last(run, state)  # an interrupted first epoch can still be resumed
-        bar = EpochProgress(talk, cfg.train.epochs)
+        bar = EpochProgress(shows_progress, cfg.train.epochs)
         stack.callback(bar.close)
         stopped_early = False
         try:
@@ -444,7 +242,7 @@ def train(
                 end_epoch(run, state, run_epoch(run, epoch, bar), bar)
                 if cfg.train.patience is not None and state.stale >= cfg.train.patience:
                     stopped_early = True
-                    if talk:
+                    if shows_progress:
                         info(f"no better val mIoU for {state.stale} epochs: stopping early (--patience {cfg.train.patience})")
                     break
         except KeyboardInterrupt:
@@ -455,3 +253,9 @@ def train(
             ) from None
         bar.close()
         return finish(run, state, stopped_early)
+
+
+def train_command(config: Path | None, flags: dict[str, Any], resume: Path | None, progress: bool = True) -> dict:
+    """Do what ``lunar train`` was asked: a new run from defaults -> ``config`` -> ``flags`` (dotted keys), or ``resume``'s."""
+    cfg, changes = load_train_config(config, flags, resume)
+    return train(cfg, resume=resume, changes=changes, progress=progress)

@@ -6,15 +6,13 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 from lunar_cli.classes import CLASS_NAMES
-from lunar_cli.console import info
-
-if TYPE_CHECKING:
-    from lunar_cli.train import Run
+from lunar_cli.console import info, number, stderr
+from lunar_cli.files import write_text_atomic
+from lunar_cli.train_setup import Run
 
 HISTORY_FIELDS = [
     "epoch", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy",
@@ -39,8 +37,6 @@ def say_start(run: Run, resumed_at: int | None) -> None:
 
 def write_history(path: Path, history: list[dict]) -> None:
     """Write history.csv atomically: one row per finished epoch, HISTORY_FIELDS columns."""
-    from lunar_cli.files import write_text_atomic
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -53,14 +49,12 @@ class EpochProgress:
     """Per-epoch progress: a rich bar with loss, IoU and images/s on a terminal, log lines elsewhere."""
 
     def __init__(self, enabled: bool, epochs: int) -> None:
-        from lunar_cli.console import err
-
         self.epochs = epochs
-        self.live = enabled and err.is_terminal
+        self.live = enabled and stderr().is_terminal
         self.enabled = enabled
         self._progress = None
         if self.live:
-            from rich.progress import (
+            from rich.progress import (  # rich: only for a live bar on a terminal
                 BarColumn,
                 MofNCompleteColumn,
                 Progress,
@@ -70,7 +64,7 @@ class EpochProgress:
 
             self._progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=err, transient=True,
+                TextColumn("{task.fields[stats]}"), TimeRemainingColumn(), console=stderr(), transient=True,
             )  # fmt: skip
             self._progress.start()
 
@@ -90,10 +84,10 @@ class EpochProgress:
         """Print one line per finished epoch."""
         if not self.enabled:
             return
-        ious = " ".join(f"{n}={_fmt(row[f'iou_{n}'])}" for n in CLASS_NAMES)
+        ious = " ".join(f"{n}={number(row[f'iou_{n}'])}" for n in CLASS_NAMES)
         info(
             f"epoch {row['epoch']}/{self.epochs}  train_loss {row['train_loss']:.4f}  val_loss {row['val_loss']:.4f}  "
-            f"val_mIoU {_fmt(row['val_miou'])}  [{ious}]  {row['images_per_second']:.1f} img/s  "
+            f"val_mIoU {number(row['val_miou'])}  [{ious}]  {row['images_per_second']:.1f} img/s  "
             f"{row['epoch_seconds']:.1f}s"
         )
 
@@ -102,7 +96,3 @@ class EpochProgress:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
-
-
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"

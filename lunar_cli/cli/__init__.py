@@ -1,10 +1,11 @@
 """The ``lunar`` command line: parse options, call one library function, print the result.
 
-Every command follows the same path: flags (None when not given) -> ``load_config``
-(defaults, then ``--config`` YAML, then flags) -> one function in the library -> a rich
-table on stdout, or JSON with ``--json``. Errors are one line on stderr and an exit code.
-The commands live in ``data_commands`` and ``model_commands``; importing them registers
-them on ``app`` in the order ``lunar --help`` lists them.
+Every command follows the same path: its flags (None when not given; each named like the
+config field it sets) -> ``config.command_config`` (defaults, then ``--config`` YAML, then
+flags) -> one ``*_command`` function of the library -> a rich table on stdout, or JSON
+with ``--json``. Errors are one line on stderr and an exit code. The commands are defined
+in ``data_commands`` and ``model_commands`` and registered here, in the order
+``lunar --help`` lists them.
 """
 
 from __future__ import annotations
@@ -13,28 +14,38 @@ import sys
 
 import typer
 
-from lunar_cli.cli import data_commands, model_commands  # noqa: F401  (registers the commands)
-from lunar_cli.cli.app import STATE, app
+from lunar_cli import console
+from lunar_cli.cli import data_commands, model_commands
+from lunar_cli.cli.app import app
+from lunar_cli.console import LunarError
+from lunar_cli.runtime import set_environment_defaults
 
 __all__ = ["app", "main", "run"]
+
+COMMANDS = (data_commands.fetch, data_commands.split, data_commands.eda, model_commands.train,
+            model_commands.evaluate, model_commands.predict, model_commands.compare, model_commands.export)  # fmt: skip
+for _command in COMMANDS:
+    app.command()(_command)
+
+
+def debug_requested(argv: list[str]) -> bool:
+    """Return whether ``--debug`` is among the root options (the ones before the command name)."""
+    for arg in argv:
+        if not arg.startswith("-"):
+            return False
+        if arg == "--debug":
+            return True
+    return False
 
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit code, turning errors into one line each."""
-    from lunar_cli.console import LunarError
-    from lunar_cli.runtime import set_environment_defaults
-
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = debug_requested(argv)
     set_environment_defaults()
 
     def say(message: str) -> None:
-        from lunar_cli.console import err
-
-        err.print(message, markup=False, highlight=False)
-
-    def traceback() -> None:
-        from lunar_cli.console import err
-
-        err.print_exception()
+        console.stderr().print(message, markup=False, highlight=False)
 
     try:
         result = app(args=argv, prog_name="lunar", standalone_mode=False)
@@ -45,8 +56,8 @@ def run(argv: list[str] | None = None) -> int:
         say("interrupted")
         return 130
     except LunarError as exc:
-        if STATE["debug"]:
-            traceback()
+        if debug:
+            console.stderr().print_exception()
         say(f"error: {exc}")
         return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - the edge: anything unexpected still becomes one line
@@ -55,8 +66,8 @@ def run(argv: list[str] | None = None) -> int:
             command = ctx.command_path if ctx is not None else "lunar"
             say(f"error: {exc.format_message()} (see {command} --help)")
             return int(getattr(exc, "exit_code", 2))
-        if STATE["debug"]:
-            traceback()
+        if debug:
+            console.stderr().print_exception()
             return 1
         where = "" if isinstance(exc, OSError) else " (a bug: rerun with --debug and report the traceback)"
         say(f"error: {type(exc).__name__}: {exc}{where}")

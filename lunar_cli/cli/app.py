@@ -1,7 +1,9 @@
 """The ``lunar`` Typer app, its root options, and the options and choices its commands share.
 
 Choice Enums are derived from the Literals in ``lunar_cli.config``, where each set of
-choices is declared once; help texts show each option's default from the same place.
+choices is declared once; help texts show each option's default and range from the same
+place. A command's parameters are named like the config fields they set, so
+``config.COMMAND_SECTIONS`` maps them to keys without a list per command.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import typer
 from lunar_cli import __version__
 from lunar_cli import config as options
 from lunar_cli.config import Config
+from lunar_cli.console import print_json
 
 app = typer.Typer(
     name="lunar",
@@ -46,15 +49,9 @@ SplitName = _choices("SplitName", options.SplitName)
 OutputFormat = _choices("OutputFormat", options.OutputFormat)
 
 
-def flags_of(values: dict[str, Any], *keys: str, **renamed: str) -> dict[str, Any]:
-    """Return {config key: flag value} from a command's ``locals()``.
-
-    Each of ``keys`` comes from the parameter named like its last part (``train.lr`` from
-    ``lr``); ``renamed`` maps the other parameters to their keys (``compile_model="train.compile"``).
-    """
-    flags = {key: values[key.rsplit(".", 1)[-1]] for key in keys}
-    flags.update({key: values[name] for name, key in renamed.items()})
-    return flags
+def flags(values: dict[str, Any], *arguments: str) -> dict[str, Any]:
+    """Return a command's flags from its ``locals()``: every parameter but ``config``, ``json_out`` and its ``arguments``."""
+    return {name: value for name, value in values.items() if name not in ("config", "json_out", *arguments)}
 
 
 def default_of(dotted: str) -> str:
@@ -122,21 +119,16 @@ def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
 ) -> None:
     """Segment photos of the Moon's surface into sky, small rocks, large rocks and ground."""
-    STATE["debug"] = debug
-
-
-STATE: dict[str, bool] = {"debug": False}
+    # --debug is read by lunar_cli.cli.run before the command starts, so errors can show tracebacks.
 
 
 def report(result: dict, json_out: bool, command: str) -> None:
     """Print a command's result as JSON or as a rich summary (under torchrun, rank 0 only)."""
     if os.environ.get("RANK", "0") != "0":
         return
-    from lunar_cli import report
-
     if json_out:
-        from lunar_cli.console import print_json
-
         print_json(result)
     else:
+        from lunar_cli import report  # rich tables: loaded only for a person reading a terminal
+
         report.show(command, result)

@@ -1,4 +1,4 @@
-"""``lunar fetch``, ``lunar split`` and ``lunar eda``: getting and looking at the dataset."""
+"""``lunar fetch``, ``lunar split`` and ``lunar eda``: getting and looking at the dataset (registered in ``lunar_cli.cli``)."""
 
 from __future__ import annotations
 
@@ -15,15 +15,14 @@ from lunar_cli.cli.app import (
     RunsDirOpt,
     SeedOpt,
     WorkersOpt,
-    app,
     default_of,
+    flags,
     range_of,
     report,
 )
-from lunar_cli.config import load_config
+from lunar_cli.config import command_config
 
 
-@app.command()
 def fetch(
     source: Annotated[
         Optional[str],
@@ -31,7 +30,7 @@ def fetch(
             "--source",
             "-s",
             help="synthetic | kaggle | PATH to a downloaded zip or folder | drive:ID | https URL of a zip. "
-            + default_of("fetch.source"),
+            "[default: synthetic; no dataset when only --models is given]",
         ),
     ] = None,
     data_dir: DataDirOpt = None,
@@ -54,29 +53,12 @@ def fetch(
     json_out: JsonOpt = False,
 ) -> None:
     """Put the Artificial Lunar Landscape dataset (or a synthetic one) under the data folder."""
-    from lunar_cli.data.fetch import run_fetch
+    given = flags(locals())
+    from lunar_cli.data.fetch import run_fetch  # NumPy, OpenCV and the downloaders load when the command runs
 
-    cfg = load_config(
-        config,
-        {
-            "fetch.source": source,
-            "data_dir": data_dir,
-            "fetch.count": count,
-            "fetch.real_count": real_count,
-            "fetch.width": width,
-            "fetch.height": height,
-            "fetch.force": force,
-            "fetch.models": models,
-            "fetch.models_dir": models_dir,
-            "fetch.checksum": checksum,
-            "seed": seed,
-        },
-    )
-    result = run_fetch(cfg.fetch, data_dir=cfg.data_dir, seed=cfg.seed, dataset=source is not None or models is None)
-    report(result, json_out, "fetch")
+    report(run_fetch(command_config("fetch", config, given)), json_out, "fetch")
 
 
-@app.command()
 def split(
     data_dir: DataDirOpt = None,
     train: Annotated[Optional[float], typer.Option(help=f"Train share. {default_of('split.train')}")] = None,
@@ -93,28 +75,12 @@ def split(
     json_out: JsonOpt = False,
 ) -> None:
     """Write the train/val/test/test_real manifest (data/manifest.csv)."""
-    from lunar_cli.data.split import make_split
+    given = flags(locals())
+    from lunar_cli.data.split import split_command  # NumPy loads when the command runs
 
-    cfg = load_config(
-        config,
-        {
-            "data_dir": data_dir,
-            "split.train": train,
-            "split.val": val,
-            "split.test": test,
-            "split.mask_source": mask_source,
-            "split.strict": strict,
-            "seed": seed,
-        },
-    )
-    s = cfg.split
-    result = make_split(
-        cfg.data_dir, train=s.train, val=s.val, seed=cfg.seed, mask_source=s.mask_source, strict=s.strict
-    )
-    report(result, json_out, "split")
+    report(split_command(command_config("split", config, given)), json_out, "split")
 
 
-@app.command()
 def eda(
     data_dir: DataDirOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (default: <runs-dir>/eda).")] = None,
@@ -131,22 +97,7 @@ def eda(
     json_out: JsonOpt = False,
 ) -> None:
     """Explore the dataset: class shares, where classes appear, palette and size checks."""
-    from lunar_cli.data.eda import run_eda
+    given = flags(locals())
+    from lunar_cli.data.eda import eda_command  # NumPy, OpenCV and matplotlib load when the command runs
 
-    cfg = load_config(
-        config,
-        {
-            "data_dir": data_dir,
-            "eda.out": out,
-            "eda.sample": sample,
-            "split.mask_source": mask_source,
-            "data.workers": workers,
-            "seed": seed,
-            "runs_dir": runs_dir,
-        },
-    )
-    result = run_eda(
-        cfg.data_dir, cfg.eda.out or cfg.runs_dir / "eda", sample=cfg.eda.sample, seed=cfg.seed,
-        mask_source=cfg.split.mask_source, workers=cfg.data.workers, progress=not json_out,
-    )  # fmt: skip
-    report(result, json_out, "eda")
+    report(eda_command(command_config("eda", config, given), progress=not json_out), json_out, "eda")

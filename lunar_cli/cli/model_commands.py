@@ -1,4 +1,4 @@
-"""``lunar train``, ``lunar evaluate``, ``lunar predict`` and ``lunar compare``: the models."""
+"""``lunar train``, ``evaluate``, ``predict``, ``compare`` and ``export``: the models (registered in ``lunar_cli.cli``)."""
 
 from __future__ import annotations
 
@@ -28,16 +28,14 @@ from lunar_cli.cli.app import (
     SplitName,
     TtaOpt,
     WorkersOpt,
-    app,
     default_of,
-    flags_of,
+    flags,
     range_of,
     report,
 )
-from lunar_cli.config import CLASS_WEIGHT_MAX, load_config
+from lunar_cli.config import CLASS_WEIGHT_MAX, command_config, flag_keys
 
 
-@app.command()
 def train(
     backbone: Annotated[
         Optional[str],
@@ -88,7 +86,7 @@ def train(
     ] = None,
     amp: AmpOpt = None,
     channels_last: ChannelsLastOpt = None,
-    compile_model: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the model.")] = None,
+    compile: Annotated[Optional[bool], typer.Option("--compile", help="torch.compile the model.")] = None,
     deterministic: Annotated[
         Optional[bool], typer.Option("--deterministic", help="Deterministic algorithms (exact resume).")
     ] = None,
@@ -102,29 +100,18 @@ def train(
     json_out: JsonOpt = False,
 ) -> None:
     """Train a U-Net on the train split, keeping the best on validation IoU."""
-    from lunar_cli.config import parse_class_weights
-    from lunar_cli.resume import load_train_config
-    from lunar_cli.train import train as run_train
+    given = flags(locals(), "resume")
+    from lunar_cli.train import train_command  # heavy: torch loads when the command runs
 
-    flags = flags_of(
-        locals(), "train.backbone", "train.encoder_weights", "train.init", "train.width", "train.depth",
-        "train.epochs", "train.batch_size", "train.recipe", "data.scale", "data.crop_size", "data.image_size",
-        "data.limit", "data.workers", "data.cache_dir", "train.patience", "train.loss", "train.optimizer", "train.lr",
-        "train.scheduler", "train.name", "train.exist_ok", "amp", "channels_last", "train.deterministic", "seed",
-        "device", "data_dir", "runs_dir", compile_model="train.compile",
-    )  # fmt: skip
-    flags["train.class_weights"] = parse_class_weights(class_weights)
-    cfg, changes = load_train_config(config, flags, resume)
-    result = run_train(cfg, resume=resume, changes=changes, progress=not json_out)
-    report(result, json_out, "train")
+    report(train_command(config, flag_keys("train", given), resume, progress=not json_out),
+           json_out, "train")  # fmt: skip
 
 
-@app.command()
 def evaluate(
     target: Annotated[
         Optional[Path], typer.Argument(help="A run folder or checkpoint (default: the newest best.pt under runs/).")
     ] = None,
-    split_names: Annotated[
+    splits: Annotated[
         Optional[list[SplitName]],
         typer.Option("--split", help="Split to score; repeat for several. [default: test, test_real]"),
     ] = None,
@@ -142,35 +129,13 @@ def evaluate(
     json_out: JsonOpt = False,
 ) -> None:
     """Score a trained model on the test splits with the Jaccard index (IoU)."""
-    from lunar_cli.evaluate import evaluate_model
+    given = flags(locals(), "target")
+    from lunar_cli.evaluate import evaluate_command  # heavy: torch loads when the command runs
 
-    cfg = load_config(
-        config,
-        {
-            "evaluate.splits": split_names or None,
-            "evaluate.batch_size": batch_size,
-            "evaluate.tta": tta,
-            "data.limit": limit,
-            "data.workers": workers,
-            "data.cache_dir": cache_dir,
-            "device": device,
-            "amp": amp,
-            "channels_last": channels_last,
-            "data_dir": data_dir,
-            "runs_dir": runs_dir,
-        },
-    )
-    result = evaluate_model(
-        target, runs_dir=cfg.runs_dir, data_dir=cfg.data_dir, splits=cfg.evaluate.splits, batch_size=cfg.evaluate.batch_size,
-        tta=cfg.evaluate.tta,
-        device=cfg.device, amp=cfg.amp, channels_last=cfg.channels_last, limit=cfg.data.limit,
-        workers=cfg.data.workers, skip_bad=cfg.data.skip_bad, grid=cfg.evaluate.grid, cache_dir=cfg.data.cache_dir,
-        progress=not json_out,
-    )  # fmt: skip
-    report(result, json_out, "evaluate")
+    cfg = command_config("evaluate", config, {**given, "splits": splits or None})
+    report(evaluate_command(cfg, target, progress=not json_out), json_out, "evaluate")
 
 
-@app.command()
 def predict(
     inputs: Annotated[
         list[str], typer.Argument(help="Images, folders, globs, or - to read paths from stdin.", show_default=False)
@@ -182,11 +147,13 @@ def predict(
         Optional[Path],
         typer.Option("--model", "-m", help="Checkpoint, run folder or exported .onnx (default: newest best.pt under runs/)."),
     ] = None,
-    fmt: Annotated[
+    format: Annotated[
         Optional[OutputFormat], typer.Option("--format", "-f", help=f"What to write. {default_of('predict.format')}")
     ] = None,
     tile: Annotated[Optional[bool], typer.Option("--tile", help="Sliding-window inference for large frames.")] = None,
-    overlap: Annotated[Optional[float], typer.Option(help=f"Tile overlap. {default_of('predict.tile_overlap')}")] = None,
+    tile_overlap: Annotated[
+        Optional[float], typer.Option("--overlap", help=f"Tile overlap. {default_of('predict.tile_overlap')}")
+    ] = None,
     hazard: Annotated[Optional[bool], typer.Option("--hazard", help="Also write a hazard/safe-ground map.")] = None,
     hazard_margin: Annotated[
         Optional[int], typer.Option(help=f"Clearance around rocks, pixels. {default_of('predict.hazard_margin')}")
@@ -205,36 +172,16 @@ def predict(
     json_out: JsonOpt = False,
 ) -> None:
     """Write class masks for photos: lunar predict img.png -o mask.png."""
-    from lunar_cli.predict import run_predict
+    given = flags(locals(), "inputs", "output", "model")
+    from lunar_cli.predict import predict_command  # NumPy and OpenCV (torch only for a checkpoint) load here
 
-    cfg = load_config(
-        config,
-        {
-            "predict.format": fmt,
-            "predict.tile": tile,
-            "predict.tile_overlap": overlap,
-            "predict.hazard": hazard,
-            "predict.hazard_margin": hazard_margin,
-            "predict.uncertainty": uncertainty,
-            "predict.tta": tta,
-            "predict.batch_size": batch_size,
-            "predict.strict": strict,
-            "device": device,
-            "amp": amp,
-            "channels_last": channels_last,
-            "runs_dir": runs_dir,
-        },
-    )
-    result = run_predict(
-        inputs, output=output, model=model, runs_dir=cfg.runs_dir, options=cfg.predict, device=cfg.device,
-        amp=cfg.amp, channels_last=cfg.channels_last, progress=not json_out,
-    )  # fmt: skip
+    cfg = command_config("predict", config, given)
+    result = predict_command(cfg, inputs, output, model, progress=not json_out)
     report(result, json_out, "predict")
     if result["failed"]:
         raise typer.Exit(1)
 
 
-@app.command()
 def compare(
     runs: Annotated[
         Optional[list[Path]], typer.Argument(help="Run folders to compare (default: every run under runs/train).")
@@ -249,32 +196,26 @@ def compare(
     json_out: JsonOpt = False,
 ) -> None:
     """Compare trained runs: curves, test and real-photo IoU, predictions side by side."""
-    from lunar_cli.compare import compare_runs
+    given = flags(locals(), "runs")
+    from lunar_cli.compare import compare_command  # heavy: torch loads when the command runs
 
-    cfg = load_config(
-        config,
-        {"compare.out": out, "compare.images": images, "data.cache_dir": cache_dir, "device": device,
-         "data_dir": data_dir, "runs_dir": runs_dir},
-    )
-    result = compare_runs(
-        runs or None, runs_dir=cfg.runs_dir, data_dir=cfg.data_dir, out_dir=cfg.compare.out, device=cfg.device,
-        n_images=cfg.compare.images, cache_dir=cfg.data.cache_dir, progress=not json_out,
-    )  # fmt: skip
-    report(result, json_out, "compare")
+    cfg = command_config("compare", config, given)
+    report(compare_command(cfg, runs, progress=not json_out), json_out, "compare")
 
 
-@app.command()
 def export(
     model: Annotated[Path, typer.Argument(help="Checkpoint or run folder to export.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="File to write (model.onnx, model.ts).")],
-    fmt: Annotated[
+    format: Annotated[
         Optional[ExportFormat], typer.Option("--format", "-f", help=f"File format. {default_of('export.format')}")
     ] = None,
+    runs_dir: RunsDirOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Write a model for deployment (ONNX or TorchScript), normalisation and metadata inside; check it against PyTorch."""
-    from lunar_cli.export import export_model
+    given = flags(locals(), "model", "output")
+    from lunar_cli.export import export_command  # heavy: torch loads when the command runs
 
-    cfg = load_config(config, {"export.format": fmt})
-    report(export_model(model, output, cfg.export.format), json_out, "export")
+    cfg = command_config("export", config, given)
+    report(export_command(cfg, model, output), json_out, "export")

@@ -19,14 +19,12 @@ a resumed run sees the same batches. kornia.augmentation was measured against th
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
 
 from lunar_cli.classes import IGNORE_INDEX
-
-if TYPE_CHECKING:
-    import torch
-
-    from lunar_cli.config import AugmentConfig
+from lunar_cli.config import AugmentConfig
 
 DRAWS = 26  # uniform draws per sample per batch (see the column names below)
 ZOOM, CX, CY, HFLIP, VFLIP = 0, 1, 2, 3, 4
@@ -35,7 +33,7 @@ GAMMA, GAMMA_V, CAST, CAST_V, VIGNETTE, VIGNETTE_V, VIGNETTE_X, VIGNETTE_Y = 10,
 BLUR, BLUR_V, NOISE, NOISE_V, JPEG, JPEG_V, NOISE_SEED, _SPARE = 18, 19, 20, 21, 22, 23, 24, 25
 
 
-def to_device(values: "torch.Tensor", like: "torch.Tensor", dtype: "torch.dtype | None" = None) -> "torch.Tensor":
+def to_device(values: torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Return a small CPU tensor (per-sample factors, indices) on ``like``'s device.
 
     On a GPU the copy goes through pinned memory without blocking, so the batch's draws
@@ -47,17 +45,15 @@ def to_device(values: "torch.Tensor", like: "torch.Tensor", dtype: "torch.dtype 
     return values.pin_memory().to(like.device, non_blocking=True)
 
 
-def draws(n: int, generator: "torch.Generator") -> "torch.Tensor":
+def draws(n: int, generator: torch.Generator) -> torch.Tensor:
     """Return the (n, DRAWS) uniforms of one batch from the CPU ``generator``."""
-    import torch
-
     return torch.rand((n, DRAWS), generator=generator, dtype=torch.float64)
 
 
 def crop_theta(
-    u: "torch.Tensor", sizes: "torch.Tensor", canvas: tuple[int, int], crop: int, zoom: tuple[float, float],
+    u: torch.Tensor, sizes: torch.Tensor, canvas: tuple[int, int], crop: int, zoom: tuple[float, float],
     hflip: float = 0.0, vflip: float = 0.0,
-) -> "torch.Tensor":  # fmt: skip
+) -> torch.Tensor:  # fmt: skip
     """Return affine_grid's theta (B, 2, 3) mapping each crop onto its frame's canvas.
 
     ``sizes`` (B, 2) are each frame's own (h, w) on the (h, w) ``canvas``. The zoom is
@@ -66,8 +62,6 @@ def crop_theta(
     whole pixel, so every crop pixel is exactly one frame pixel. ``hflip``/``vflip`` are
     the chances of a mirror.
     """
-    import torch
-
     lo, hi = zoom
     z = lo * (hi / lo) ** u[:, ZOOM]
     window = crop / z
@@ -88,15 +82,12 @@ def crop_theta(
 
 
 def crop_batch(
-    images: "torch.Tensor", masks: "torch.Tensor", theta: "torch.Tensor", crop: int
-) -> tuple["torch.Tensor", "torch.Tensor"]:
+    images: torch.Tensor, masks: torch.Tensor, theta: torch.Tensor, crop: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (float RGB crops (B, 3, crop, crop) in [0, 1], int64 masks (B, crop, crop)) sampled by ``theta``.
 
     ``images`` (B, h, w, 3) and ``masks`` (B, h, w) are uint8 canvases on the device.
     """
-    import torch
-    import torch.nn.functional as F
-
     b = images.shape[0]
     grid = F.affine_grid(to_device(theta, images, torch.float32), [b, 1, crop, crop], align_corners=False)
     x = images.permute(0, 3, 1, 2).float()
@@ -107,32 +98,26 @@ def crop_batch(
     return x.clamp_(0.0, 1.0), torch.where(m < 0, IGNORE_INDEX, m)
 
 
-def _chosen(u: "torch.Tensor", column: int, p: float, strength: float) -> "torch.Tensor":
+def _chosen(u: torch.Tensor, column: int, p: float, strength: float) -> torch.Tensor:
     """Return the sample numbers whose draw in ``column`` picks this augmentation (never when strength is 0)."""
-    import torch
-
     if p <= 0 or strength <= 0:
         return torch.zeros(0, dtype=torch.long)
     return torch.nonzero(u[:, column] < p).flatten()
 
 
-def _per_sample(values: "torch.Tensor", like: "torch.Tensor") -> "torch.Tensor":
+def _per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return to_device(values, like, like.dtype).view(-1, 1, 1, 1)
 
 
-def _gaussian_kernels(sigma: "torch.Tensor", radius: int) -> "torch.Tensor":
+def _gaussian_kernels(sigma: torch.Tensor, radius: int) -> torch.Tensor:
     """Return one normalised 1-D Gaussian per sigma: (B, 2 * radius + 1)."""
-    import torch
-
     taps = torch.arange(-radius, radius + 1, dtype=sigma.dtype, device=sigma.device)
     k = torch.exp(-0.5 * (taps.view(1, -1) / sigma.view(-1, 1).clamp(min=1e-3)) ** 2)
     return k / k.sum(dim=1, keepdim=True)
 
 
-def blur(x: "torch.Tensor", sigma: "torch.Tensor") -> "torch.Tensor":
+def blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Return float images (B, C, H, W) blurred by a Gaussian of ``sigma`` (B,) pixels each (separable)."""
-    import torch.nn.functional as F
-
     b, c, h, w = x.shape
     radius = max(1, math.ceil(3 * float(sigma.max())))
     k = _gaussian_kernels(to_device(sigma, x, x.dtype), radius).repeat_interleave(c, dim=0)  # (B*C, taps)
@@ -150,15 +135,13 @@ _JPEG_TABLE = [
 ]  # fmt: skip
 
 
-def jpeg_like(x: "torch.Tensor", quality: "torch.Tensor") -> "torch.Tensor":
+def jpeg_like(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
     """Return float images (B, C, H, W) in [0, 1] after 8x8 DCT quantisation at JPEG ``quality`` (B,) each.
 
     The block transform and the standard's table scaled as libjpeg scales it give JPEG's
     blocking and ringing (no chroma subsampling or entropy coding, which add no artefacts).
     H and W must be multiples of 8 (crops are multiples of 32).
     """
-    import torch
-
     b, c, h, w = x.shape
     n = torch.arange(8, dtype=x.dtype, device=x.device)
     dct = torch.cos((2 * n.view(1, -1) + 1) * n.view(-1, 1) * math.pi / 16) * math.sqrt(2 / 8)
@@ -173,16 +156,14 @@ def jpeg_like(x: "torch.Tensor", quality: "torch.Tensor") -> "torch.Tensor":
     return ((blocks.permute(0, 1, 2, 4, 3, 5).reshape(b, c, h, w) + 128) / 255).clamp(0.0, 1.0)
 
 
-def _gray(img: "torch.Tensor") -> "torch.Tensor":
+def _gray(img: torch.Tensor) -> torch.Tensor:
     """Return the (N, 1, H, W) luminance of float RGB (N, 3, H, W) (ITU-R 601, as torchvision)."""
     r, g, b = img.unbind(-3)
     return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
 
 
-def _shift_hue(img: "torch.Tensor", shift: "torch.Tensor") -> "torch.Tensor":
+def _shift_hue(img: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Return float RGB (N, 3, H, W) in [0, 1] with hue rotated by ``shift`` (N,) turns, as TF.adjust_hue."""
-    import torch
-
     r, g, b = img.unbind(-3)
     maxc = torch.maximum(torch.maximum(r, g), b)  # elementwise: much faster than a max over dim -3
     chroma = maxc - torch.minimum(torch.minimum(r, g), b)
@@ -199,12 +180,12 @@ def _shift_hue(img: "torch.Tensor", shift: "torch.Tensor") -> "torch.Tensor":
 
 
 def color_jitter_(
-    img: "torch.Tensor",
-    brightness: "torch.Tensor",
-    contrast: "torch.Tensor",
-    saturation: "torch.Tensor",
-    hue: "torch.Tensor",
-) -> "torch.Tensor":
+    img: torch.Tensor,
+    brightness: torch.Tensor,
+    contrast: torch.Tensor,
+    saturation: torch.Tensor,
+    hue: torch.Tensor,
+) -> torch.Tensor:
     """Return float RGB (N, 3, H, W) in [0, 1] jittered per sample (each factor an (N,) tensor); overwrites ``img``.
 
     Brightness, contrast, saturation, then hue, each clamped to [0, 1] like torchvision's
@@ -219,7 +200,7 @@ def color_jitter_(
             img[one] = color_jitter_(img[one], brightness[one], contrast[one], saturation[one], hue[one])
         return img
 
-    def per_sample(x: "torch.Tensor") -> "torch.Tensor":
+    def per_sample(x: torch.Tensor) -> torch.Tensor:
         return to_device(x, img, img.dtype).view(-1, 1, 1, 1)
 
     img.mul_(per_sample(brightness)).clamp_(0.0, 1.0)
@@ -234,14 +215,12 @@ def color_jitter_(
     return _shift_hue(img, to_device(hue, img, img.dtype))
 
 
-def photometric_(x: "torch.Tensor", u: "torch.Tensor", p: "AugmentConfig") -> "torch.Tensor":
+def photometric_(x: torch.Tensor, u: torch.Tensor, p: AugmentConfig) -> torch.Tensor:
     """Return float RGB crops (B, 3, H, W) in [0, 1] with the photometric augmentations of ``p``; may overwrite ``x``.
 
     Each augmentation picks its own samples from its column of ``u`` (the batch's draws).
     """
-    import torch
-
-    def apply(rows: "torch.Tensor", fn) -> None:
+    def apply(rows: torch.Tensor, fn) -> None:
         if len(rows):
             on_dev = to_device(rows, x)
             x[on_dev] = fn(x[on_dev], rows).clamp_(0.0, 1.0)  # indexing gathers a copy: safe to modify
@@ -269,10 +248,8 @@ def photometric_(x: "torch.Tensor", u: "torch.Tensor", p: "AugmentConfig") -> "t
     return x
 
 
-def _vignette(y: "torch.Tensor", rows: "torch.Tensor", u: "torch.Tensor", strength: float) -> "torch.Tensor":
+def _vignette(y: torch.Tensor, rows: torch.Tensor, u: torch.Tensor, strength: float) -> torch.Tensor:
     """Return (B, 1, H, W) brightness factors falling off by up to ``strength`` from a random centre."""
-    import torch
-
     _, _, h, w = y.shape
     cx = _per_sample(u[rows, VIGNETTE_X] * 2 - 1, y)
     cy = _per_sample(u[rows, VIGNETTE_Y] * 2 - 1, y)
@@ -282,26 +259,22 @@ def _vignette(y: "torch.Tensor", rows: "torch.Tensor", u: "torch.Tensor", streng
     return 1 - _per_sample(u[rows, VIGNETTE_V] * strength, y) * r2.clamp(max=1)
 
 
-def _noise(y: "torch.Tensor", rows: "torch.Tensor", u: "torch.Tensor", sigma: float) -> "torch.Tensor":
+def _noise(y: torch.Tensor, rows: torch.Tensor, u: torch.Tensor, sigma: float) -> torch.Tensor:
     """Return Gaussian sensor noise for ``y``, up to ``sigma``, from a device generator seeded by the draws."""
-    import torch
-
     generator = torch.Generator(device=y.device).manual_seed(int(u[rows[0], NOISE_SEED] * 2**62))
     noise = torch.randn(y.shape, generator=generator, device=y.device, dtype=y.dtype)
     return noise.mul_(_per_sample(u[rows, NOISE_V] * sigma, y))
 
 
 def augment_crops(
-    images: "torch.Tensor", masks: "torch.Tensor", sizes: "torch.Tensor", *, crop: int,
-    zoom: tuple[float, float], params: "AugmentConfig | None", generator: "torch.Generator | None",
-) -> tuple["torch.Tensor", "torch.Tensor"]:  # fmt: skip
+    images: torch.Tensor, masks: torch.Tensor, sizes: torch.Tensor, *, crop: int,
+    zoom: tuple[float, float], params: AugmentConfig | None, generator: "torch.Generator | None",
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Return (float RGB (B, 3, crop, crop) in [0, 1], int64 masks (B, crop, crop)) from uint8 frame canvases.
 
     With ``params`` and a ``generator``: random zoom, window, flips and photometry per
     sample. Without: the centred crop at zoom 1 (a whole frame when the crop equals it).
     """
-    import torch
-
     canvas = tuple(images.shape[1:3])
     if params is None or generator is None:
         u = torch.full((images.shape[0], DRAWS), 0.5, dtype=torch.float64)

@@ -31,37 +31,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import cv2
 import numpy as np
 
-from lunar_cli.classes import IGNORE_INDEX, NUM_CLASSES
+from lunar_cli.classes import IGNORE_INDEX, NUM_CLASSES, read_image_rgb, read_mask
 from lunar_cli.console import LunarError, info, track, warn
-from lunar_cli.parallel import cpu_cores
+from lunar_cli.data.probe import check_pixel_budget, probe_image
+from lunar_cli.files import atomic_dir, write_json_atomic
+from lunar_cli.frames import FrameSize, resize_image
+from lunar_cli.parallel import cpu_cores, map_in_processes
 
 CACHE_FORMAT = 2  # bump when the layout or the decoding changes: old caches then rebuild
-
-
-@dataclass(frozen=True)
-class FrameSize:
-    """How a frame of H x W pixels is sized for the model: ``scale`` of its own size, or a fixed ``square``."""
-
-    scale: float = 1.0
-    square: int | None = None  # the study's recipe: every frame squashed to square x square
-
-    def of(self, height: int, width: int) -> tuple[int, int]:
-        """Return the (height, width) a frame of ``height`` x ``width`` has at the model's size."""
-        if self.square is not None:
-            return self.square, self.square
-        return max(1, round(height * self.scale)), max(1, round(width * self.scale))
-
-    def describe(self) -> str:
-        """Return the rule in words, for logs and results ("scale 0.5", "squashed to 256x256")."""
-        return f"squashed to {self.square}x{self.square}" if self.square is not None else f"scale {self.scale:g}"
 
 
 @dataclass
 class CachedSplit:
     """One split decoded at the model's size: memory-mapped arrays plus what went into them."""
-
     images: np.ndarray  # (N, h, w, 3) uint8 RGB, read-only memmap (canvas: the largest frame)
     masks: np.ndarray  # (N, h, w) uint8 class indices at the model's size, IGNORE_INDEX outside the frame
     full_masks: np.ndarray  # (N, H, W) the masks as drawn (the same array as masks when sizes agree)
@@ -121,10 +106,6 @@ def _decode_pair(image_path: str, mask_path: str, size: FrameSize) -> tuple:
 
     Raises LunarError naming the file when either is unreadable or their sizes differ.
     """
-    import cv2
-
-    from lunar_cli.classes import read_image_rgb, read_mask
-    from lunar_cli.photos import resize_image
 
     img = read_image_rgb(Path(image_path))
     # Nearest palette colour at full resolution first, then NEAREST resize: a mask is
@@ -150,8 +131,6 @@ def _decode_job(job: tuple[str, str, FrameSize]) -> tuple[bool, object]:
 
 def _decoded(jobs: list[tuple[str, str, FrameSize]], workers: int) -> Iterator[tuple[bool, object]]:
     """Yield the decode result of each job, in order, using ``workers`` processes (<=1: here)."""
-    from lunar_cli.parallel import map_in_processes
-
     return map_in_processes(_decode_job, jobs, workers, max_chunk=16)
 
 
@@ -192,8 +171,6 @@ def _shrink(path: Path, arr: np.ndarray, count: int) -> np.ndarray:
 
 def _probe_sizes(pairs: list[tuple[Path, Path]]) -> list[tuple[int, int] | str]:
     """Return each image's (height, width) from its header, or the error line of an unreadable one."""
-    from lunar_cli.data.probe import check_pixel_budget, probe_image
-
     sizes: list[tuple[int, int] | str] = []
     for image, _mask in pairs:
         try:
@@ -210,8 +187,6 @@ def _build(
     name: str, workers: int, skip_bad: bool, progress: bool,
 ) -> dict:  # fmt: skip
     """Decode ``pairs`` into ``tmp`` (images, masks, full_masks, sizes .npy) and meta.json (last); return the meta."""
-    from lunar_cli.files import write_json_atomic
-
     n = len(pairs)
     probed = [s for s in _probe_sizes(pairs) if isinstance(s, tuple)] or [(1, 1)]
     full_hw = (max(h for h, _ in probed), max(w for _, w in probed))
@@ -361,7 +336,6 @@ def build_or_load_cache(
     if workers is None:
         workers = cpu_cores()
     workers = max(0, min(int(workers), len(present)))
-    from lunar_cli.files import atomic_dir
 
     start = time.perf_counter()
     try:

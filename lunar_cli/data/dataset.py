@@ -11,25 +11,23 @@ resumed run sees the same batches.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator, Sequence
 
 import numpy as np
+import torch
 
+from lunar_cli.config import AugmentConfig
+from lunar_cli.data.augment import augment_crops
 from lunar_cli.data.cache import CachedSplit
-
-if TYPE_CHECKING:
-    import torch
-
-    from lunar_cli.config import AugmentConfig
+from lunar_cli.frames import normalize
 
 # Streams of the seed, so shuffling, augmenting and choosing a subset never share random numbers.
 _SHUFFLE, _AUGMENT, _SUBSET = 0, 1, 2
 
 
-def epoch_generator(seed: int, epoch: int, stream: int, rank: int = 0) -> "torch.Generator":
+def epoch_generator(seed: int, epoch: int, stream: int, rank: int = 0) -> torch.Generator:
     """Return a CPU torch.Generator that depends only on (seed, epoch, stream, rank)."""
-    import torch
-
     state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch), int(stream), int(rank)]).generate_state(2)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
@@ -61,7 +59,6 @@ class _Rows:
         seed: int = 0, rank: int = 0, world_size: int = 1, limit: int | None = None, resident: bool = False,
         prefetch: bool | None = None,
     ) -> None:  # fmt: skip
-        import torch
 
         self.split = split
         self.batch_size = batch_size
@@ -101,8 +98,6 @@ class _Rows:
 
     def epoch_order(self) -> np.ndarray:
         """Return this rank's item order for the current epoch, as positions into ``self.indices``."""
-        import torch
-
         positions = np.arange(len(self.indices))
         if self.shuffle:
             generator = epoch_generator(self.seed, self.epoch, _SHUFFLE)
@@ -115,18 +110,14 @@ class _Rows:
         # Sorted rows read the memmap front to back; the order inside a batch does not matter for SGD.
         return [np.sort(b) if self.shuffle else b for b in batches]
 
-    def _gather_host(self, positions: np.ndarray) -> list["torch.Tensor"]:
+    def _gather_host(self, positions: np.ndarray) -> list[torch.Tensor]:
         """Return the uint8 arrays' rows at ``positions``, read from the memmap in one go each."""
-        import torch
-
         rows = self.indices[positions]
         arrays = [torch.from_numpy(getattr(self.split, a)[rows]) for a in self.arrays]
         return [a.pin_memory() for a in arrays] if self.pin_memory else arrays
 
-    def _gathered(self) -> Iterator[tuple[np.ndarray, list["torch.Tensor"]]]:
+    def _gathered(self) -> Iterator[tuple[np.ndarray, list[torch.Tensor]]]:
         """Yield (positions, uint8 arrays on the device) for each batch of the epoch."""
-        import torch
-
         batches = self._batches()
         if self._resident is not None:
             for positions in batches:
@@ -138,7 +129,6 @@ class _Rows:
             for positions in batches:
                 yield positions, move(self._gather_host(positions))
             return
-        from concurrent.futures import ThreadPoolExecutor
 
         # One batch ahead: the memmap read (page faults, copies without the GIL) overlaps the training step.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lunar-prefetch") as pool:
@@ -163,24 +153,19 @@ class CropLoader(_Rows):
 
     def __init__(
         self, split: CachedSplit, *, crop: int, zoom: Sequence[float] = (1.0, 1.0),
-        augment: "AugmentConfig | None" = None, mean: Sequence[float] = (0.0, 0.0, 0.0),
+        augment: AugmentConfig | None = None, mean: Sequence[float] = (0.0, 0.0, 0.0),
         std: Sequence[float] = (1.0, 1.0, 1.0), channels_last: bool = False, **rows,
     ) -> None:  # fmt: skip
-        import torch
 
         super().__init__(split, **rows)
         self.crop = crop
         self.zoom = (float(zoom[0]), float(zoom[1]))
         self.augment = augment
         self.channels_last = channels_last
-        std_t = torch.tensor(std, dtype=torch.float32)  # (x - mean) / std as one multiply-add
-        self._inv_std = (1.0 / std_t).view(1, 3, 1, 1).to(self.device)
-        self._offset = (-torch.tensor(mean, dtype=torch.float32) / std_t).view(1, 3, 1, 1).to(self.device)
+        self._mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
+        self._std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1).to(self.device)
 
-    def __iter__(self) -> Iterator[tuple["torch.Tensor", "torch.Tensor"]]:
-        import torch
-
-        from lunar_cli.data.augment import augment_crops
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
 
         generator = epoch_generator(self.seed, self.epoch, _AUGMENT, self.rank) if self.augment else None
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -188,7 +173,7 @@ class CropLoader(_Rows):
             sizes = torch.from_numpy(self.sizes_of(positions)[:, :2].astype(np.int64))
             x, m = augment_crops(images, masks, sizes, crop=self.crop, zoom=self.zoom, params=self.augment,
                                  generator=generator)  # fmt: skip
-            yield x.mul_(self._inv_std).add_(self._offset).contiguous(memory_format=fmt), m
+            yield normalize(x, self._mean, self._std).contiguous(memory_format=fmt), m
 
 
 class FrameLoader(_Rows):
@@ -200,6 +185,6 @@ class FrameLoader(_Rows):
 
     arrays = ("images", "full_masks")
 
-    def __iter__(self) -> Iterator[tuple["torch.Tensor", "torch.Tensor", np.ndarray]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, np.ndarray]]:
         for positions, (frames, masks) in self._gathered():
             yield frames, masks, self.sizes_of(positions)

@@ -20,11 +20,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import cv2
 import numpy as np
 
-from lunar_cli.classes import CLASS_NAMES, NUM_CLASSES
+from lunar_cli.classes import CLASS_NAMES, NUM_CLASSES, read_image_rgb, read_mask
+from lunar_cli.config import Config
 from lunar_cli.console import LunarError, info, track, warn
-from lunar_cli.parallel import cpu_cores
+from lunar_cli.data.fetch import read_dataset_info
+from lunar_cli.data.split import scan_pairs
+from lunar_cli.files import atomic_path, write_json_atomic, write_text_atomic
+from lunar_cli.parallel import cpu_cores, map_in_processes
+from lunar_cli.plots import plot_bar_comparison, plot_examples_grid, plot_heatmaps
 
 SETS = ("rendered", "real")
 EXAMPLES = {"rendered": 3, "real": 2}  # rows of examples.png per set
@@ -68,6 +74,12 @@ class SetTotals:
         return (self.heat / self.images).astype(np.float32)
 
 
+def eda_command(cfg: Config, progress: bool = True) -> dict:
+    """Do what ``lunar eda`` was asked: analyse ``cfg.data_dir`` into ``eda.out`` (default <runs_dir>/eda)."""
+    return run_eda(cfg.data_dir, cfg.eda.out or Path(cfg.runs_dir) / "eda", sample=cfg.eda.sample, seed=cfg.seed,
+                   mask_source=cfg.split.mask_source, workers=cfg.data.workers, progress=progress)  # fmt: skip
+
+
 def run_eda(
     data_dir: Path,
     out_dir: Path,
@@ -84,9 +96,6 @@ def run_eda(
     real ones (None: all). ``workers`` processes decode (None: all cores; 0 or 1: here).
     Unreadable pairs are skipped with one warning and listed in the result.
     """
-    from lunar_cli.data.fetch import read_dataset_info
-    from lunar_cli.data.split import scan_pairs
-
     start = time.perf_counter()
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     if sample is not None and (isinstance(sample, bool) or int(sample) < 1):
@@ -100,24 +109,9 @@ def run_eda(
         bad = len(scan.problems)
         raise LunarError(f"no usable image/mask pairs under {data_dir} ({bad} bad): run lunar fetch again")
 
-    if workers is None:
-        workers = cpu_cores()
-    workers = max(0, min(int(workers), len(jobs)))
-    totals = {s: SetTotals(HEATMAP_HW) for s in SETS}
-    bad: list[str] = []
+    workers = max(0, min(int(cpu_cores() if workers is None else workers), len(jobs)))
     mismatches = [m.groupdict() for m in map(_MISMATCH.match, scan.problems) if m]
-    tasks = [(str(data_dir), image, mask, *HEATMAP_HW) for _, (image, mask) in jobs]
-    with contextlib.closing(_analysed(tasks, workers)) as results:
-        for (set_name, pair), (ok, payload) in track(
-            zip(jobs, results), f"analysing {len(jobs)} pairs", total=len(jobs), quiet=not progress
-        ):
-            if not ok:
-                bad.append(str(payload))
-            elif payload[0] != payload[1]:
-                # Decoded sizes disagree although the headers agreed: list it, do not count it.
-                mismatches.append({"mask": pair[1], "mask_size": _wh(payload[1]), "image_size": _wh(payload[0])})
-            else:
-                totals[set_name].add(pair, payload)
+    totals, bad = _analyse(data_dir, jobs, workers, mismatches, progress)
     problems = list(scan.problems)
     if problems or bad:
         first = (problems + bad)[0]
@@ -145,12 +139,34 @@ def run_eda(
     result["workers"] = workers
     result["seconds"] = round(time.perf_counter() - start, 2)
     eda_json = out_dir / "eda.json"
-    from lunar_cli.files import write_json_atomic
 
     write_json_atomic(eda_json, result)
     if progress:
         info(f"eda: {sum(t.images for t in totals.values())} pairs in {result['seconds']:.1f}s -> {out_dir}")
     return {**result, "out_dir": str(out_dir), "files": [str(f) for f in [*files, eda_json]]}
+
+
+def _analyse(
+    data_dir: Path, jobs: list[tuple[str, tuple[str, str]]], workers: int, mismatches: list[dict], progress: bool,
+) -> tuple[dict[str, SetTotals], list[str]]:  # fmt: skip
+    """Return each set's totals over ``jobs`` ((set, (image, mask)) pairs) and the bad files' lines.
+
+    A pair whose decoded sizes disagree although the headers agreed is added to ``mismatches``, not counted.
+    """
+    totals = {s: SetTotals(HEATMAP_HW) for s in SETS}
+    bad: list[str] = []
+    tasks = [(str(data_dir), image, mask, *HEATMAP_HW) for _, (image, mask) in jobs]
+    with contextlib.closing(_analysed(tasks, workers)) as results:
+        for (set_name, pair), (ok, payload) in track(
+            zip(jobs, results), f"analysing {len(jobs)} pairs", total=len(jobs), quiet=not progress
+        ):
+            if not ok:
+                bad.append(str(payload))
+            elif payload[0] != payload[1]:
+                mismatches.append({"mask": pair[1], "mask_size": _wh(payload[1]), "image_size": _wh(payload[0])})
+            else:
+                totals[set_name].add(pair, payload)
+    return totals, bad
 
 
 # --- choosing and decoding ---------------------------------------------------------
@@ -174,9 +190,6 @@ def pair_stats(image_path: Path, mask_path: Path, heat_hw: tuple[int, int]) -> t
     The mask is resized with INTER_NEAREST so every cell keeps a real class. Raises
     LunarError naming the file when the image or mask cannot be read.
     """
-    import cv2
-
-    from lunar_cli.classes import read_image_rgb, read_mask
 
     image = read_image_rgb(Path(image_path))
     mask, off = read_mask(Path(mask_path))
@@ -196,8 +209,6 @@ def _pair_job(job: tuple[str, str, str, int, int]) -> tuple[bool, object]:
 
 def _analysed(jobs: list[tuple], workers: int) -> Iterator[tuple[bool, object]]:
     """Yield the result of each job, in order, using ``workers`` processes (<=1: here)."""
-    from lunar_cli.parallel import map_in_processes
-
     return map_in_processes(_pair_job, jobs, workers, max_chunk=32)
 
 
@@ -267,10 +278,6 @@ def _write_outputs(
     out_dir: Path, data_dir: Path, result: dict, totals: dict[str, SetTotals], examples: list[tuple[str, str, str]]
 ) -> list[Path]:
     """Write the figures, CSV tables and heatmap arrays; return their paths."""
-    from lunar_cli.classes import read_image_rgb, read_mask
-    from lunar_cli.files import atomic_path, write_text_atomic
-    from lunar_cli.plots import plot_bar_comparison, plot_examples_grid, plot_heatmaps
-
     counts = result["counts"]
     sets = [s for s in SETS if totals[s].images]
     what = ", ".join(f"{counts[s]} {s}" for s in sets)

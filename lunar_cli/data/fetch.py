@@ -20,28 +20,20 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import zipfile
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
+from lunar_cli import __version__
 from lunar_cli.classes import IMAGE_SUFFIXES
-from lunar_cli.config import KAGGLE_DATASET
+from lunar_cli.config import KAGGLE_DATASET, Config
 from lunar_cli.console import LunarError, info, warn
 from lunar_cli.data.archive import safe_extract_zip
 from lunar_cli.data.models_fetch import fetch_models
-from lunar_cli.data.remote import (
-    call_downloader,
-    download,
-    download_kaggle,
-    download_target,
-    short_reason,
-)
-from lunar_cli.files import write_json_atomic
-
-if TYPE_CHECKING:
-    from lunar_cli.config import FetchConfig
+from lunar_cli.data.remote import call_downloader, download, download_kaggle, download_target, short_reason
+from lunar_cli.data.synthetic import generate_synthetic
+from lunar_cli.files import staging_dir, write_json_atomic
 
 DATASET_PARTS = ("images", "real_moon_images")  # the folders a fetch moves into data_dir
 MARKER = "dataset.json"
@@ -175,8 +167,6 @@ def _refuse_copy_into_itself(root: Path, data_dir: Path) -> None:
 
 
 def _record(source: str, root: Path, counts: dict, extra: dict) -> dict:
-    from lunar_cli import __version__
-
     return {
         "source": source,
         **extra,
@@ -230,8 +220,6 @@ def _stage(
 ) -> tuple[Path, str, dict]:
     """Get source into work; return (the folder holding images/, the source to record, extra record fields)."""
     if source == "synthetic":
-        from lunar_cli.data.synthetic import generate_synthetic
-
         params = dict(synthetic or {})
         generate_synthetic(work / "synthetic", **params)
         recorded = {k: v for k, v in params.items() if k not in ("workers", "progress")}
@@ -290,31 +278,28 @@ def fetch_dataset(
         if local.is_dir():
             _refuse_copy_into_itself(_find_root(local, source), data_dir)
     _refuse_existing(data_dir, force)  # before downloading gigabytes
-    data_dir.mkdir(parents=True, exist_ok=True)
-    for stale in data_dir.glob(".fetch-*.partial"):  # left by a fetch that was killed outright
-        shutil.rmtree(stale, ignore_errors=True)
-    work = Path(tempfile.mkdtemp(prefix=".fetch-", suffix=".partial", dir=data_dir))
-    try:
+    with staging_dir(data_dir, "fetch", clear_stale=True) as work:
         root, label, extra = _stage(source, local, work, kaggle_dataset, synthetic, api_factory, downloader)
         counts = validate_layout(root, where=source)
         dataset = _record(label, root, counts, extra)
         _install(root, data_dir, dataset, work / "old")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     info(f"dataset in {data_dir}/: {counts['render']} renders, {counts['real_images']} real photos")
     return dataset
 
 
-def run_fetch(cfg: "FetchConfig", *, data_dir: Path, seed: int, dataset: bool = True) -> dict:
-    """Do what ``lunar fetch`` was asked: the dataset (unless ``dataset`` is False) and any --models."""
-    result: dict[str, Any] = {"data_dir": str(data_dir)}
-    if dataset:
-        synthetic = {
-            "count": cfg.count, "real_count": cfg.real_count, "width": cfg.width, "height": cfg.height, "seed": seed,
-        }  # fmt: skip
-        result["dataset"] = fetch_dataset(
-            cfg.source, Path(data_dir), force=cfg.force, kaggle_dataset=cfg.kaggle_dataset, synthetic=synthetic
-        )
-    if cfg.models:
-        result["models"] = [str(p) for p in fetch_models(cfg.models, Path(cfg.models_dir), checksum=cfg.checksum)]
+def run_fetch(cfg: Config) -> dict:
+    """Do what ``lunar fetch`` was asked: the dataset, and any --models.
+
+    The dataset comes from ``fetch.source``; with none named it is the synthetic one,
+    unless only --models was asked for (then no dataset is touched).
+    """
+    f = cfg.fetch
+    source = f.source or (None if f.models else "synthetic")
+    result: dict[str, Any] = {"data_dir": str(cfg.data_dir)}
+    if source is not None:
+        synthetic = {"count": f.count, "real_count": f.real_count, "width": f.width, "height": f.height, "seed": cfg.seed}
+        result["dataset"] = fetch_dataset(source, Path(cfg.data_dir), force=f.force, kaggle_dataset=f.kaggle_dataset,
+                                          synthetic=synthetic)  # fmt: skip
+    if f.models:
+        result["models"] = [str(p) for p in fetch_models(f.models, Path(f.models_dir), checksum=f.checksum)]
     return result

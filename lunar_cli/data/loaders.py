@@ -4,25 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import torch
 
 from lunar_cli.config import DataConfig
 from lunar_cli.console import LunarError
-from lunar_cli.data.cache import CachedSplit, FrameSize
-from lunar_cli.runtime import Dist
-
-if TYPE_CHECKING:
-    import torch
-
-    from lunar_cli.data.dataset import CropLoader, FrameLoader
+from lunar_cli.data.cache import CachedSplit, build_or_load_cache, cache_folder
+from lunar_cli.data.dataset import CropLoader, FrameLoader
+from lunar_cli.data.split import split_pairs
+from lunar_cli.frames import FrameSize
+from lunar_cli.runtime import Dist, barrier
 
 
 @dataclass
 class Loaders:
     """The train crops and val frames of a run, and what the loss needs from the train split."""
-
-    train: "CropLoader"
-    val: "FrameLoader"
+    train: CropLoader
+    val: FrameLoader
     class_pixels: list[int]
 
 
@@ -51,15 +49,10 @@ def check_crop(split: CachedSplit, crop: int) -> None:
 
 
 def make_loaders(
-    data_dir: Path, data: DataConfig, *, batch_size: int, normalization: dict, device: "torch.device",
+    data_dir: Path, data: DataConfig, *, batch_size: int, normalization: dict, device: torch.device,
     seed: int, dist: Dist, channels_last: bool, progress: bool,
 ) -> Loaders:  # fmt: skip
     """Return train (random crops, augmented, shuffled, sharded) and val (whole frames) loaders over the caches."""
-    from lunar_cli.data.cache import build_or_load_cache, cache_folder
-    from lunar_cli.data.dataset import CropLoader, FrameLoader
-    from lunar_cli.data.split import split_pairs
-    from lunar_cli.runtime import barrier
-
     cache_root = cache_folder(data_dir, data.cache_dir)
     splits = {}
     # Rank 0 decodes; the other ranks wait, then map the same files.
@@ -85,13 +78,11 @@ def make_loaders(
     return Loaders(train, val, list(splits["train"].class_pixels))
 
 
-def _fits_on_device(device: "torch.device", nbytes: int) -> bool:
+def _fits_on_device(device: torch.device, nbytes: int) -> bool:
     """True when the uint8 splits can live on the GPU (a quarter of its free memory at most).
 
     Resident data makes each batch a device-side gather: no host reads or copies at all.
     """
-    import torch
-
     if device.type != "cuda":
         return False
     free, _total = torch.cuda.mem_get_info(device)

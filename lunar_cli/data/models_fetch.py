@@ -9,8 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -18,6 +16,7 @@ from typing import Callable
 from lunar_cli.console import LunarError, info
 from lunar_cli.data.archive import safe_extract_zip
 from lunar_cli.data.remote import CHUNK, call_downloader, download, download_target
+from lunar_cli.files import staging_dir
 
 
 def _sha256_file(path: Path) -> str:
@@ -54,11 +53,7 @@ def fetch_models(
         expected = checksum.strip().lower().removeprefix("sha256:")
         if not re.fullmatch(r"[0-9a-f]{64}", expected):
             raise LunarError(f"checksum {checksum!r}: expected 64 hex digits (a sha256)")
-    models_dir.mkdir(parents=True, exist_ok=True)
-    for stale in models_dir.glob(".fetch-models-*.partial"):  # left by a fetch that was killed outright
-        shutil.rmtree(stale, ignore_errors=True)
-    work = Path(tempfile.mkdtemp(prefix=".fetch-models-", suffix=".partial", dir=models_dir))
-    try:
+    with staging_dir(models_dir, "fetch-models", clear_stale=True) as work:
         fallback = f"or download the checkpoints by hand into {models_dir}/"
         got = call_downloader(downloader or download, target, work / "download", fallback)
         if expected is not None:
@@ -89,7 +84,5 @@ def fetch_models(
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, dest)  # same disk: each checkpoint appears whole
             written.append(dest)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     info(f"{len(written)} checkpoint file(s) in {models_dir}/")
     return written

@@ -11,10 +11,13 @@ import io
 import os
 import re
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 from urllib.error import HTTPError, URLError
 
+from lunar_cli import __version__
 from lunar_cli.console import LunarError, first_line, info, track
 
 DRIVE_ID = re.compile(r"^[A-Za-z0-9_-]{20,}$")  # a bare Google Drive file id
@@ -47,10 +50,6 @@ def download_target(spec: str) -> str | None:
 
 
 def _download_http(url: str, dest: Path) -> Path:
-    import urllib.parse
-    import urllib.request
-
-    from lunar_cli import __version__
 
     request = urllib.request.Request(url, headers={"User-Agent": f"lunar/{__version__}"})
     with urllib.request.urlopen(request, timeout=60) as response:
@@ -66,7 +65,7 @@ def _download_http(url: str, dest: Path) -> Path:
 
 
 def _download_drive(id_or_folder_url: str, dest: Path) -> Path:
-    import gdown
+    import gdown  # only when downloading from Google Drive or Kaggle
 
     try:
         if "/folders/" in id_or_folder_url:
@@ -120,7 +119,7 @@ def _default_kaggle_api() -> Any:
         # Importing kaggle runs its own authenticate(), which prints a help page to stdout
         # when there are no credentials; our own authenticate() call below reports that.
         with contextlib.redirect_stdout(io.StringIO()):
-            from kaggle.api.kaggle_api_extended import KaggleApi
+            from kaggle.api.kaggle_api_extended import KaggleApi  # only when downloading from Google Drive or Kaggle
     except ImportError as exc:
         why = short_reason(exc)
         raise LunarError(f"the kaggle package cannot be imported ({why}): pip install kaggle six") from exc

@@ -16,6 +16,7 @@ import functools
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 GROUND, SKY, SMALL, LARGE = 0, 1, 2, 3
@@ -132,8 +133,6 @@ def fractal_fields(rng: np.random.Generator, n: int, beta: float, lowest: float 
 
     Wavelengths longer than n / lowest texels are left out; beta is rounded to 0.1 so filters can be reused.
     """
-    import cv2
-
     white = rng.random((n, n, 2), dtype=np.float32) - 0.5  # uniform, 4x cheaper than normal; sums are Gaussian
     field = cv2.idft(white * _amplitude(n, round(beta, 1), lowest))  # complex in: real, imag parts independent
     return field[:, :, 0] / field[:, :, 0].std(), field[:, :, 1] / field[:, :, 1].std()
@@ -158,8 +157,6 @@ def ground_light(gx, gy, elevation: float, azimuth: float):
 
 def sample_tiled(texture: np.ndarray, tu: np.ndarray, tv: np.ndarray, level: np.ndarray) -> np.ndarray:
     """Return a tileable square texture sampled at texel coordinates (tu, tv), blended between mip levels."""
-    import cv2
-
     levels = [texture]
     while levels[-1].shape[0] > 8:
         levels.append(cv2.resize(levels[-1], None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA))
@@ -310,8 +307,6 @@ def _fill(polygon: np.ndarray, shape: tuple[int, int]):
     image it covers and crop = (r0, r1, c0, c1) the same part of local. Working on the box only
     keeps hundreds of rocks per image cheap.
     """
-    import cv2
-
     (x0, y0), (x1, y1) = np.floor(polygon.min(axis=0)).astype(int) - 1, np.ceil(polygon.max(axis=0)).astype(int) + 2
     x0, y0, x1, y1 = int(x0), int(y0), int(x1), int(y1)
     local = np.zeros((y1 - y0, x1 - x0), np.uint8)
@@ -362,8 +357,6 @@ def rock_light(scene: Scene, gx, gy):
 
 def rock_shading(rng: np.random.Generator, scene: Scene, local: np.ndarray) -> np.ndarray:
     """Return the brightness over a rock's bounding box: a lumpy dome lit by the sun."""
-    import cv2
-
     dist = cv2.distanceTransform(local, cv2.DIST_L2, 3)
     top = float(dist.max())
     if top < 2.5:  # a few pixels: one tone, as if facing the camera and tilted up a little
@@ -376,8 +369,6 @@ def rock_shading(rng: np.random.Generator, scene: Scene, local: np.ndarray) -> n
 
 def cast_shadow(scene: Scene, rock: Rock, gray: np.ndarray, raw: np.ndarray) -> None:
     """Darken the ground behind the rock, away from the sun (never the sky)."""
-    import cv2
-
     length = min(0.7 / math.tan(scene.sun_elevation), 5.0) * rock.radius  # in pixels across the ground
     foreshorten = scene.cam_height / rock.depth  # ground lengths shrink along the view direction
     offset = (-math.cos(scene.sun_azimuth) * length, math.sin(scene.sun_azimuth) * length * foreshorten)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import posixpath
 import re
 import typing
@@ -20,8 +19,9 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from lunar_cli.classes import IMAGE_SUFFIXES
-from lunar_cli.config import SplitName
-from lunar_cli.console import LunarError, warn
+from lunar_cli.config import Config, SplitName
+from lunar_cli.console import LunarError, printable, warn
+from lunar_cli.data.fetch import read_dataset_info
 from lunar_cli.data.probe import check_pixel_budget, probe_image
 from lunar_cli.files import write_text_atomic
 
@@ -38,16 +38,11 @@ class PairScan:
     problems: list[str] = field(default_factory=list)
 
 
-def _printable(path: Path) -> str:
-    """Return ``path`` as text that any terminal or UTF-8 file can hold (non-UTF-8 bytes as \\xNN)."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
 def _check_pair(data_dir: Path, image: Path, mask: Path) -> str | None:
     """Return why the pair is unusable, or None when both files are whole and the same size."""
     for path in (image, mask):
-        if _printable(path) != str(path):  # the manifest is UTF-8 text: it cannot name this file
-            return f"{_printable(path.relative_to(data_dir))}: file name is not valid UTF-8; rename the file"
+        if printable(path) != str(path):  # the manifest is UTF-8 text: it cannot name this file
+            return f"{printable(path.relative_to(data_dir))}: file name is not valid UTF-8; rename the file"
     if not mask.is_file():
         return f"{image.relative_to(data_dir)}: no mask ({mask.relative_to(data_dir)} missing)"
     try:
@@ -125,8 +120,6 @@ def make_split(
     strict: bool = False,
 ) -> dict:
     """Write ``manifest.csv`` under ``data_dir``; return counts per split and the skipped pairs."""
-    from lunar_cli.data.fetch import read_dataset_info
-
     data_dir = Path(data_dir)
     read_dataset_info(data_dir)
     scan = scan_pairs(data_dir, mask_source)
@@ -155,6 +148,12 @@ def make_split(
         "mask_source": mask_source,
         "skipped": scan.problems,
     }
+
+
+def split_command(cfg: Config) -> dict:
+    """Do what ``lunar split`` was asked: write the manifest of ``cfg.data_dir`` by ``cfg.split``; return its counts."""
+    s = cfg.split
+    return make_split(cfg.data_dir, train=s.train, val=s.val, seed=cfg.seed, mask_source=s.mask_source, strict=s.strict)
 
 
 def read_manifest(data_dir: Path) -> list[dict[str, str]]:

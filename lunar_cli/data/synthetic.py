@@ -18,12 +18,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from lunar_cli.classes import CLASS_NAMES, NUM_CLASSES, encode_mask, write_png_atomic
 from lunar_cli.console import LunarError, track
 from lunar_cli.data.scene import render_scene
-from lunar_cli.parallel import cpu_cores
+from lunar_cli.parallel import cpu_cores, map_in_processes
 
 KINDS = {"render": 0, "real": 1}  # part of each image's seed: the two sets never share scenes
 
@@ -88,9 +89,6 @@ def _validate(count: int, real_count: int, width: int, height: int, seed: int, w
 
 def _run_jobs(jobs: list, workers: int, progress: bool):
     """Yield each job's result, in order, from this process or a pool of `workers` processes."""
-    import cv2
-
-    from lunar_cli.parallel import map_in_processes
 
     threads = cv2.getNumThreads()
     cv2.setNumThreads(1)  # single-threaded like the pool's workers: each image renders the same in any process
@@ -120,8 +118,6 @@ def _render_job(job: tuple) -> tuple[str, np.ndarray, np.ndarray]:
 
 def real_look(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     """Return the image degraded like a rover camera photo: tone curve, blur, vignette, tint, exposure, noise, JPEG."""
-    import cv2
-
     h, w = image.shape[:2]
     x = image.astype(np.float32) / 255
     x = 0.04 + 0.8 * x ** rng.uniform(0.75, 0.95)  # lifted blacks, compressed highlights

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from lunar_cli.console import LunarError
+from lunar_cli.files import atomic_path
 
 NAME = "builtin"  # what --model and --init accept for it
 FOLDER = Path(__file__).resolve().parent / "builtin"
@@ -34,7 +35,6 @@ def builtin_run(runs_dir: Path) -> Path:
     target = folder / "best.pt"
     if not target.is_file() or target.stat().st_size != source.stat().st_size or target.read_bytes() != source.read_bytes():
         folder.mkdir(parents=True, exist_ok=True)
-        from lunar_cli.files import atomic_path
 
         with atomic_path(target) as tmp:
             shutil.copyfile(source, tmp)

@@ -21,13 +21,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lunar_cli import __version__
 from lunar_cli.classes import CLASSES, NUM_CLASSES
 from lunar_cli.console import LunarError, first_line
+from lunar_cli.files import atomic_path
+from lunar_cli.frames import FrameSize
+from lunar_cli.model_spec import check_numbers
+from lunar_cli.models.registry import build_model, friendly_name, smp_encoder_name
 
 if TYPE_CHECKING:
     import torch
-
-    from lunar_cli.data.cache import FrameSize
 
 FORMAT = "lunar-checkpoint"
 FORMAT_VERSION = 2  # 2: frame_size (scale or square) replaces the squashed image_size of 1
@@ -55,10 +58,8 @@ def checkpoint_meta(
     training (a share of their own size, or a square), which is how photos are fed later;
     ``crop_size`` the training crop (the window for tiled prediction).
     """
-    import torch
+    import torch  # heavy: only when a checkpoint is read or written (never on the ONNX path)
 
-    from lunar_cli import __version__
-    from lunar_cli.models.registry import friendly_name, smp_encoder_name
 
     resolved = smp_encoder_name(backbone)
     if encoder is not None and encoder != resolved:
@@ -91,7 +92,7 @@ def checkpoint_meta(
 
 def _check_plain(value: Any, where: str) -> None:
     """Raise TypeError unless ``value`` holds only what ``weights_only=True`` can load."""
-    import torch
+    import torch  # heavy: only when a checkpoint is read or written (never on the ONNX path)
 
     # Exact types: numpy scalars subclass float but torch refuses to load them.
     if type(value) in (str, int, float, bool, type(None), bytes) or isinstance(value, torch.Tensor):
@@ -128,9 +129,8 @@ def save_checkpoint(path: Path, *, model_state: dict, meta: dict, extra: dict | 
     The file appears whole or not at all; a failed write (disk full included) leaves
     any previous file at ``path`` untouched and raises LunarError.
     """
-    import torch
+    import torch  # heavy: only when a checkpoint is read or written (never on the ONNX path)
 
-    from lunar_cli.files import atomic_path
 
     path = Path(path)
     if meta.get("format") != FORMAT:
@@ -174,7 +174,7 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     Returns the checkpoint dict (``meta``, ``model`` and whatever extra was saved).
     Every problem is a one-line LunarError naming the file.
     """
-    import torch
+    import torch  # heavy: only when a checkpoint is read or written (never on the ONNX path)
 
     path = Path(path)
     if not path.exists():
@@ -233,37 +233,17 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     model = ckpt.get("model")
     if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
         raise LunarError(f"{path}: damaged lunar checkpoint (no model weights)")
-    check_meta_numbers(meta, str(path))
+    if meta["backbone"] == "custom":
+        from lunar_cli.models.unet import STUDY_OPTIONS  # torch is loaded already: it read the file
+
+        meta["model_kwargs"] = {**STUDY_OPTIONS, **meta["model_kwargs"]}  # lunar 0.1 named no options
+    check_numbers(meta, str(path))
     return ckpt
-
-
-def check_meta_numbers(meta: dict[str, Any], name: str) -> None:
-    """Refuse, in one line, a model whose normalisation or calibration is not a finite, usable number.
-
-    A NaN temperature or a zero standard deviation would turn every photo into NaN
-    probabilities, and every mask into ground, without an error.
-    """
-    import math
-
-    def finite(value: Any) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-    norm = meta.get("normalization") or meta.get("normalization_in_graph") or {}
-    mean, std = norm.get("mean"), norm.get("std")
-    if not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3
-            and all(finite(v) for v in mean) and all(finite(v) and v > 0 for v in std)):  # fmt: skip
-        raise LunarError(f"{name}: damaged model (normalisation mean {mean}, std {std}: 3 finite numbers each, "
-                         "std above 0); retrain or export the model again")  # fmt: skip
-    calibration = meta.get("calibration") or {}
-    for key, ok in (("temperature", lambda v: finite(v) and v > 0), ("ood_threshold", finite)):
-        if calibration.get(key) is not None and not ok(calibration[key]):
-            raise LunarError(f"{name}: damaged model (calibration {key} {calibration[key]!r}); retrain it, or "
-                             "calibrate it again by resuming its run")  # fmt: skip
 
 
 def check_finite_weights(weights: dict[str, "torch.Tensor"], name: str) -> None:
     """Refuse, in one line, weights holding NaN or infinity (a run that diverged, or a damaged file)."""
-    import torch
+    import torch  # heavy: only when a checkpoint is read or written (never on the ONNX path)
 
     bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if bad:
@@ -277,8 +257,6 @@ def build_from_checkpoint(ckpt: dict[str, Any], name: str = "checkpoint") -> "to
     Never downloads anything: the encoder is built randomly, then overwritten.
     ``name`` (e.g. the file path) is used in error messages.
     """
-    from lunar_cli.models.registry import build_model
-
     meta = ckpt["meta"]
     model = build_model(
         meta.get("encoder") or meta["backbone"],
@@ -310,33 +288,6 @@ def load_weights(model: "torch.nn.Module", weights: dict, backbone: str, name: s
 
 def describe_architecture(backbone: str, model_kwargs: dict) -> str:
     """Return an architecture in words: "custom U-Net (width 16, depth 4)" or the smp backbone's name."""
-    from lunar_cli.models.registry import CUSTOM_DEFAULTS
-
     if backbone != "custom":
         return f"{backbone} U-Net"
-    options = {**CUSTOM_DEFAULTS, **model_kwargs}
-    return f"custom U-Net (width {options['base_width']}, depth {options['depth']})"
-
-
-def load_initial_weights(model: "torch.nn.Module", init: str, backbone: str, model_kwargs: dict, runs_dir: Path) -> None:
-    """Load the weights of the trained model ``init`` (a checkpoint, run folder or builtin) into ``model``.
-
-    Refuses, in one line, a model of another architecture.
-    """
-    from lunar_cli.console import info
-    from lunar_cli.engine import find_model
-    from lunar_cli.models.registry import CUSTOM_DEFAULTS
-
-    path, _ = find_model(init, runs_dir)
-    ckpt = load_checkpoint(path)
-    meta = ckpt["meta"]
-    theirs = describe_architecture(meta["backbone"], meta["model_kwargs"])
-    ours = describe_architecture(backbone, model_kwargs)
-    if theirs != ours:
-        options = {**CUSTOM_DEFAULTS, **meta["model_kwargs"]}
-        flags = (f"--backbone custom --width {options['base_width']} --depth {options['depth']}"
-                 if meta["backbone"] == "custom" else f"--backbone {meta['backbone']}")  # fmt: skip
-        raise LunarError(f"--init {init}: {path} holds a {theirs}, not the {ours} asked for; train with {flags}, "
-                         "or leave --init out")  # fmt: skip
-    load_weights(model, ckpt["model"], meta["backbone"], f"--init {init}: {path}")
-    info(f"starting from the weights of {path} ({theirs})")
+    return f"custom U-Net (width {model_kwargs['base_width']}, depth {model_kwargs['depth']})"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import inspect
+import pickle
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,9 +37,6 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 
 # Options the custom U-Net takes besides num_classes.
 CUSTOM_OPTIONS = ("in_channels", "base_width", "depth", "dropout")
-# The study's custom U-Net (121,204 parameters: widths 8, 16, 32, 64); checkpoints that do
-# not name its options were trained with these.
-CUSTOM_DEFAULTS = {"base_width": 8, "depth": 3}
 # smp.Unet arguments this module sets itself, so callers may not pass them.
 _SMP_RESERVED = ("encoder_name", "encoder_weights", "classes", "activation", "kwargs")
 # How long the Hugging Face hub gets to answer before this machine counts as offline.
@@ -47,7 +45,7 @@ HUB_PROBE_SECONDS = 3.0
 
 def _smp_encoder_names() -> list[str]:
     """Return the encoder names smp knows (not counting ``tu-`` timm ones)."""
-    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch as smp  # heavy: only when a network is built or its weights loaded
 
     return list(smp.encoders.get_encoder_names())
 
@@ -63,7 +61,7 @@ def smp_encoder_name(backbone: str) -> str | None:
         if candidate in BACKBONES:
             return BACKBONES[candidate]
     if key.startswith("tu-"):
-        import timm
+        import timm  # heavy: only when a network is built or its weights loaded
 
         if timm.models.is_model(key[3:]):
             return key
@@ -101,7 +99,7 @@ def normalization(backbone: str) -> dict[str, list[float]]:
     if encoder is None:
         return {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
     if encoder.startswith("tu-"):
-        import timm
+        import timm  # heavy: only when a network is built or its weights loaded
 
         name = encoder[3:]
         if timm.models.is_model_pretrained(name.split(".")[0]):
@@ -147,7 +145,7 @@ def build_model(
 
 def _build_custom(num_classes: int, weights: str | Path | None, kwargs: dict[str, Any]) -> "torch.nn.Module":
     """Return the custom U-Net; it has no pretrained encoder, so weights must be None."""
-    from lunar_cli.models.unet import UNet
+    from lunar_cli.models.unet import UNet  # torch: the registry itself is imported on torch-free paths too
 
     if weights is not None:
         raise LunarError(
@@ -167,7 +165,7 @@ def _build_smp_unet(
     encoder: str, num_classes: int, weights: str | Path | None, kwargs: dict[str, Any]
 ) -> "torch.nn.Module":
     """Return ``smp.Unet`` on ``encoder``, with weights random, downloaded or from a file."""
-    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch as smp  # heavy: only when a network is built or its weights loaded
 
     if not encoder.startswith("tu-"):
         # smp silently ignores unknown options for its own encoders; catch typos here.
@@ -229,7 +227,7 @@ def _in_hub_cache(settings: dict) -> bool:
 
     Settings without both (another smp version's layout) count as cached: smp itself then decides.
     """
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # heavy: only when a network is built or its weights loaded
 
     repo_id, revision = settings.get("repo_id"), settings.get("revision")
     if not repo_id or not revision:
@@ -247,8 +245,8 @@ def _hub_unreachable() -> str | None:
     answer counts as reachable. A name lookup ignores the request's timeout, so the
     probe runs in a daemon thread that is given up on after ``HUB_PROBE_SECONDS``.
     """
-    from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
+    from huggingface_hub import constants  # heavy: only when a network is built or its weights loaded
+    from huggingface_hub.utils import get_session  # heavy: only when a network is built or its weights loaded
 
     if constants.HF_HUB_OFFLINE:
         return "HF_HUB_OFFLINE is set"
@@ -270,7 +268,7 @@ def _hub_unreachable() -> str | None:
 @contextlib.contextmanager
 def _hub_offline(offline: bool):
     """Run the block with the hub in offline mode when ``offline``: cached files only, no retries."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # heavy: only when a network is built or its weights loaded
 
     before = constants.HF_HUB_OFFLINE
     constants.HF_HUB_OFFLINE = before or offline
@@ -286,9 +284,7 @@ def load_encoder_weights(encoder_module: "torch.nn.Module", path: Path, encoder:
     Accepts a ``.safetensors`` or torch file holding a bare encoder state dict, a full
     model state dict with ``encoder.`` prefixes, or a lunar checkpoint (its ``model``).
     """
-    import pickle
-
-    import torch
+    import torch  # heavy: only when a network is built or its weights loaded
 
     path = Path(path)
     if not path.is_file():
@@ -297,7 +293,7 @@ def load_encoder_weights(encoder_module: "torch.nn.Module", path: Path, encoder:
         )
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # heavy: only when a network is built or its weights loaded
 
             state: Any = load_file(str(path), device="cpu")
         else:

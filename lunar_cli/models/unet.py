@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from lunar_cli.console import LunarError
-from lunar_cli.models.registry import CUSTOM_DEFAULTS
 
 
 def double_conv(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -49,6 +48,11 @@ def center_crop(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return x[..., top : top + height, left : left + width]
 
 
+# The study's custom U-Net (121,204 parameters: widths 8, 16, 32, 64). lunar train's default is
+# wider and deeper (config.TrainConfig); checkpoints that name no options were trained with these.
+STUDY_OPTIONS = {"base_width": 8, "depth": 3}
+
+
 class UNet(nn.Module):
     """Custom U-Net: (N, in_channels, H, W) images -> (N, num_classes, H, W) logits.
 
@@ -60,8 +64,8 @@ class UNet(nn.Module):
         self,
         in_channels: int = 3,
         num_classes: int = 4,
-        base_width: int = CUSTOM_DEFAULTS["base_width"],
-        depth: int = CUSTOM_DEFAULTS["depth"],
+        base_width: int = STUDY_OPTIONS["base_width"],
+        depth: int = STUDY_OPTIONS["depth"],
         dropout: float = 0.2,
     ) -> None:
         super().__init__()
