@@ -230,7 +230,7 @@ def mismatched_checkpoint(path: Path) -> Path:
 
     torch.manual_seed(0)
     other = build_model("custom", base_width=4, depth=2)
-    from lunar_cli.data.cache import FrameSize
+    from lunar_cli.frames import FrameSize
 
     meta = checkpoint_meta("custom", frame_size=FrameSize(square=32), normalization={"mean": [0.0] * 3, "std": [1.0] * 3},
                            epoch=1)  # fmt: skip

@@ -47,7 +47,7 @@ def test_the_files_fit_the_wheel_budget_and_export_to_onnx(cli, tmp_path):
     from lunar_cli.onnx_model import load_onnx
 
     onnx = load_onnx(tmp_path / "builtin.onnx")
-    assert onnx.meta["frame_size"] == torch.load(builtin_checkpoint(), weights_only=True)["meta"]["frame_size"]
+    assert onnx.spec.meta["frame_size"] == torch.load(builtin_checkpoint(), weights_only=True)["meta"]["frame_size"]
 
 
 def test_iou_on_a_freshly_generated_synthetic_set_stays_above_its_floor(cli, tmp_path):
@@ -101,8 +101,8 @@ def test_init_fine_tunes_from_it_and_refuses_another_architecture(cli, tmp_path)
 
 def test_init_weights_that_do_not_fit_are_one_line(tmp_path):
     from lunar_cli.console import LunarError
-    from lunar_cli.models.checkpoint import load_initial_weights
     from lunar_cli.models.registry import build_model
+    from lunar_cli.train_setup import load_initial_weights
 
     # Same width and depth, so the architectures read alike, but single-channel input: the weights cannot fit.
     grey = save_model(tmp_path / "grey.pt", base_width=4, depth=2, in_channels=1)

@@ -13,7 +13,8 @@ import pytest
 from lunar_cli.classes import IGNORE_INDEX, encode_mask, write_png_atomic
 from lunar_cli.console import LunarError
 from lunar_cli.data import cache
-from lunar_cli.data.cache import FrameSize, build_or_load_cache, cache_key
+from lunar_cli.data.cache import build_or_load_cache, cache_key
+from lunar_cli.frames import FrameSize
 
 SIZE = FrameSize(scale=0.5)  # the files are 48x64: the model's frames 24x32
 

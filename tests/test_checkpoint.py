@@ -11,7 +11,7 @@ import torch
 
 from lunar_cli import __version__
 from lunar_cli.console import LunarError
-from lunar_cli.data.cache import FrameSize
+from lunar_cli.frames import FrameSize
 from lunar_cli.models.checkpoint import (
     FORMAT_VERSION,
     build_from_checkpoint,

@@ -6,15 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from lunar_cli.classes import (
-    CLASS_NAMES,
-    PALETTE,
-    decode_mask,
-    encode_mask,
-    read_image_rgb,
-    read_mask,
-    to_rgb_uint8,
-)
+from lunar_cli.classes import CLASS_NAMES, PALETTE, decode_mask, encode_mask, read_image_rgb, read_mask, to_rgb_uint8
 from lunar_cli.console import LunarError
 
 

@@ -84,9 +84,10 @@ def test_scores_match_the_models_own_predictions_and_training_validation(setup, 
     """The matrix equals one made here from the engine's logits; val mIoU equals the one training logged for best.pt."""
     import torch
 
-    from lunar_cli.data.cache import FrameSize, build_or_load_cache
+    from lunar_cli.data.cache import build_or_load_cache
     from lunar_cli.data.split import split_pairs
-    from lunar_cli.engine import frame_logits, load_model
+    from lunar_cli.frames import FrameSize
+    from lunar_cli.torch_model import frame_logits, load_model
 
     data_dir, trained = setup
     run = fresh_run(trained, tmp_path)
@@ -112,7 +113,7 @@ def test_full_resolution_scoring_equals_a_matrix_made_by_hand(tmp_path):
     import torch
 
     from lunar_cli.classes import read_image_rgb, read_mask
-    from lunar_cli.engine import load_model
+    from lunar_cli.torch_model import load_model
 
     data_dir = make_dataset(tmp_path / "data", n_render=10, n_real=2, size=(70, 100))
     make_split(data_dir)

@@ -1,4 +1,4 @@
-"""One engine for every model: logits as the network gives them, pipelined prediction, TTA, uncertainty, export."""
+"""One predictor for every model: logits as the network gives them, pipelined prediction, TTA, uncertainty, export."""
 
 from __future__ import annotations
 
@@ -19,10 +19,12 @@ from tests.test_predict import REPO, make_photos, predict, save_model
 
 def predict_one(model, photo: np.ndarray, **options):
     """Return what predict's own steps make of one photo: scale it, run the passes, finish the maps."""
-    from lunar_cli.photos import finish_photo, model_passes, model_scale_frames
+    from lunar_cli.frames import model_scale_frames
+    from lunar_cli.postprocess import finish
+    from lunar_cli.predictor import model_passes
 
-    passes = model_passes(model, model_scale_frames(model.meta, [photo]), options.pop("tta", False))
-    return finish_photo(model.meta, [p[0] for p in passes], *photo.shape[:2], **options)
+    passes = model_passes(model, model_scale_frames(model.spec.frame_size, [photo]), options.pop("tta", False))
+    return finish([p[0] for p in passes], *photo.shape[:2], model.spec.temperature, **options)
 
 
 def calibrated(path: Path, temperature: float = 1.0, threshold: float = 0.5) -> Path:
@@ -41,23 +43,23 @@ def native(tmp_path_factory) -> Path:
     return calibrated(save_model(tmp_path_factory.mktemp("native") / "best.pt", square=None, base_width=4, depth=2))
 
 
-def test_engine_logits_are_the_networks_own(native):
-    from lunar_cli.engine import frame_logits, load_model
+def test_pytorch_logits_are_the_networks_own(native):
+    from lunar_cli.torch_model import frame_logits, load_model
 
     model = load_model(native, "cpu", amp=False, channels_last=False)
     frames = torch.from_numpy(np.stack([read_image_rgb(p) for p in make_photos(native.parent / "in", 2, size=(44, 60))]))
     x = frames.permute(0, 3, 1, 2).float() / 255  # this model's normalisation: mean 0, std 1
     with torch.inference_mode():
-        direct = model.net(x)  # the custom U-Net pads itself exactly as the engine does
+        direct = model.net(x)  # the custom U-Net pads itself exactly as lunar pads frames
     assert torch.equal(frame_logits(model, frames), direct)
     assert np.array_equal(model.logits(frames.numpy()), direct.numpy())
 
 
 def test_smp_frames_of_any_size_are_padded_and_cropped_back(tmp_path):
-    from lunar_cli.data.cache import FrameSize
-    from lunar_cli.engine import frame_logits, load_model
+    from lunar_cli.frames import FrameSize
     from lunar_cli.models.checkpoint import checkpoint_meta, save_checkpoint
     from lunar_cli.models.registry import build_model, normalization
+    from lunar_cli.torch_model import frame_logits, load_model
 
     net = build_model("resnet18").eval()
     meta = checkpoint_meta("resnet18", frame_size=FrameSize(), normalization=normalization("resnet18"), epoch=1)
@@ -66,7 +68,7 @@ def test_smp_frames_of_any_size_are_padded_and_cropped_back(tmp_path):
     frames = torch.randint(0, 256, (1, 50, 70, 3), dtype=torch.uint8)
     logits = frame_logits(model, frames)
     assert logits.shape == (1, 4, 50, 70) and torch.isfinite(logits).all()
-    norm = model.meta["normalization"]
+    norm = model.spec.normalization
     x = (frames.permute(0, 3, 1, 2).float() / 255 - torch.tensor(norm["mean"]).view(1, 3, 1, 1)) / torch.tensor(
         norm["std"]).view(1, 3, 1, 1)  # fmt: skip
     x = torch.nn.functional.pad(x, (13, 13, 7, 7), mode="replicate")  # 50x70 centred in 64x96
@@ -76,18 +78,19 @@ def test_smp_frames_of_any_size_are_padded_and_cropped_back(tmp_path):
 
 
 def test_pipelined_prediction_writes_what_a_plain_loop_writes(native, tmp_path):
-    from lunar_cli.engine import load_any
     from lunar_cli.predict_files import plan_outputs, write_outputs
+    from lunar_cli.predictor import load_predictor, photo_summary
 
     photos = make_photos(tmp_path / "in", 7, size=(48, 64)) + make_photos(tmp_path / "in", 3, size=(40, 56), name="odd")
     result = predict(photos, tmp_path / "piped", native, batch_size=3, hazard=True, uncertainty=True)
     assert [r["input"] for r in result["records"]] == [str(p) for p in photos]
-    model = load_any(native, "cpu")
+    model = load_predictor(native, "cpu")
     plan = plan_outputs(photos, tmp_path / "serial", "rgb", ["hazard", "uncertainty"])
     for photo_path, targets in zip(photos, plan):  # one photo at a time, nothing ahead or behind
         photo = read_image_rgb(photo_path)
         pred = predict_one(model, photo, uncertainty=True)
-        write_outputs(targets, "rgb", photo, pred, model.class_names, 15)
+        summary, maps = photo_summary(model.spec, pred, 15)
+        write_outputs(targets, "rgb", photo, pred, model.spec.class_names, summary, maps)
     for record, targets in zip(result["records"], plan):
         assert [Path(f).name for f in record["output"]] == [Path(f).name for f in targets.values() if f]
         for mine, theirs in zip(record["output"], [f for f in targets.values() if f]):
@@ -105,13 +108,13 @@ def symmetric_copy(path: Path, tmp_path: Path) -> Path:
 
 
 def test_tta_changes_nothing_for_a_flip_symmetric_model_and_something_otherwise(native, tmp_path):
-    from lunar_cli.engine import load_any
+    from lunar_cli.predictor import load_predictor
 
     photo = read_image_rgb(make_photos(tmp_path / "in", 1, size=(48, 64), seed=3)[0])
-    mirror = load_any(symmetric_copy(native, tmp_path), "cpu", amp=False)
+    mirror = load_predictor(symmetric_copy(native, tmp_path), "cpu", amp=False)
     plain, tta = (predict_one(mirror, photo, tta=t, probs=True) for t in (False, True))
     assert np.allclose(plain.probs, tta.probs, atol=1e-5) and np.array_equal(plain.classes, tta.classes)
-    model = load_any(native, "cpu", amp=False)
+    model = load_predictor(native, "cpu", amp=False)
     plain, tta = (predict_one(model, photo, tta=t, probs=True) for t in (False, True))
     assert not np.allclose(plain.probs, tta.probs, atol=1e-3)
 
@@ -154,9 +157,9 @@ def test_export_round_trip_agrees_with_pytorch_and_carries_its_metadata(native, 
     assert [p.name for p in out.parent.iterdir()] == ["model.onnx"]  # one self-contained file, nothing beside it
     from lunar_cli.onnx_model import load_onnx
 
-    model = load_onnx(out)
-    assert model.meta["classes"][2]["name"] == "small_rocks" and model.meta["frame_size"]["scale"] == 1.0
-    assert model.meta["pad_multiple"] == 4 and model.meta["calibration"]["ood_threshold"] == 0.5
+    meta = load_onnx(out).spec.meta
+    assert meta["classes"][2]["name"] == "small_rocks" and meta["frame_size"]["scale"] == 1.0
+    assert meta["pad_multiple"] == 4 and meta["calibration"]["ood_threshold"] == 0.5
     photos = make_photos(tmp_path / "in", 3, size=(45, 67))
     with_torch = predict(photos, tmp_path / "torch", native, fmt="index", amp=False)
     with_onnx = predict(photos, tmp_path / "onnx", out, fmt="index")
@@ -190,19 +193,24 @@ def test_onnx_predict_never_imports_torch(exported, tmp_path):
     assert read_image_rgb(tmp_path / "m.png").shape == (48, 64, 3) and "out_of_distribution" in record
 
 
-def three_classes(tmp_path: Path) -> Path:
-    """Write a 3-class U-Net as lunar export would (its metadata naming 3 classes) to tmp_path/three.onnx."""
-    from lunar_cli.engine import load_model
-    from lunar_cli.export import _graph, _write_onnx, exported_meta
-    from lunar_cli.models.checkpoint import load_checkpoint, save_checkpoint
-    from lunar_cli.models.registry import build_model
+def three_classes(tmp_path: Path, exported: Path) -> Path:
+    """Write an ONNX model of lunar's input and metadata whose logits have 3 classes (its 3 colour planes)."""
+    import onnx
+    from onnx import TensorProto, helper
 
-    ckpt = load_checkpoint(save_model(tmp_path / "three.pt", square=None, base_width=4, depth=2))
-    net = build_model("custom", num_classes=3, base_width=4, depth=2)
-    meta = {**ckpt["meta"], "num_classes": 3, "classes": ckpt["meta"]["classes"][:3]}
-    save_checkpoint(tmp_path / "three.pt", model_state=net.state_dict(), meta=meta)
-    model = load_model(tmp_path / "three.pt", "cpu", amp=False)
-    _write_onnx(_graph(model), exported_meta(model), 4, tmp_path / "three.onnx")
+    from lunar_cli.onnx_model import load_onnx
+
+    meta = load_onnx(exported).spec.meta
+    meta = {**meta, "classes": meta["classes"][:3]}
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
+         helper.make_node("Transpose", ["x"], ["logits"], perm=[0, 3, 1, 2])], "three",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", "H", "W", 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, "H", "W"])])  # fmt: skip
+    proto = helper.make_model(graph)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "lunar", json.dumps(meta)
+    onnx.save(proto, tmp_path / "three.onnx")
     return tmp_path / "three.onnx"
 
 
@@ -217,7 +225,7 @@ def test_bad_models_and_options_are_one_line_errors(native, exported, tmp_path, 
         [helper.make_node("Identity", ["x"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]))  # fmt: skip
     onnx.save(foreign, tmp_path / "foreign.onnx")
-    three_classes(tmp_path)
+    three_classes(tmp_path, out)
     cases = [
         (["--model", tmp_path / "text.onnx"], "not a readable ONNX model"),
         (["--model", tmp_path / "foreign.onnx"], "without lunar metadata"),

@@ -36,7 +36,7 @@ TRAIN = ["--epochs", "6", "--image-size", "32", "--batch-size", "4", "--determin
 # heavy parts, then wait for the "go" file (not cv2: lunar sets its log level first).
 WAIT_FOR_GO = """
 import pathlib, time
-import torch, lunar_cli.engine, lunar_cli.predict, lunar_cli.train
+import torch, lunar_cli.torch_model, lunar_cli.predict, lunar_cli.train
 while not pathlib.Path({go!r}).exists():
     time.sleep(0.002)
 """

@@ -11,14 +11,7 @@ import torch
 
 from lunar_cli.classes import CLASS_NAMES
 from lunar_cli.console import LunarError
-from lunar_cli.metrics import (
-    ConfusionMatrix,
-    confusion_matrix,
-    iou_per_class,
-    mean_iou,
-    pixel_accuracy,
-    summarize,
-)
+from lunar_cli.metrics import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy, summarize
 
 # 0 ground, 1 sky, 2 small rocks; large rocks (3) is in neither map.
 TARGET = torch.tensor([[0, 0, 1], [0, 2, 1], [2, 2, 1]], dtype=torch.uint8)
@@ -82,43 +75,20 @@ def test_matches_pixel_by_pixel_count():
     assert confusion_matrix(pred, target).numpy().tolist() == expected.tolist()
 
 
-def test_two_batches_equal_one_big_batch_and_logits_equal_argmax():
+def test_matrices_of_two_batches_add_up_to_the_matrix_of_one_big_batch():
     gen = torch.Generator().manual_seed(1)
     (l1, t1), (l2, t2) = _random_batch(gen, n=2), _random_batch(gen, n=5)
-    cm = ConfusionMatrix()
-    cm.update(l1, t1)  # logits (N, C, H, W)
-    cm.update(l2.argmax(1), t2)  # indices (N, H, W)
+    summed = confusion_matrix(l1.argmax(1), t1) + confusion_matrix(l2.argmax(1), t2)
     whole = confusion_matrix(torch.cat([l1, l2]).argmax(1), torch.cat([t1, t2]))
-    assert torch.equal(cm.matrix, whole)
+    assert torch.equal(summed, whole)
     assert int(whole.sum()) == int((torch.cat([t1, t2]) != 255).sum())
 
 
 def test_split_wide_not_mean_of_batches():
     # One missed rock pixel in a tiny batch must not weigh as much as nine hits in another.
-    cm = ConfusionMatrix()
-    cm.update(torch.tensor([[[0, 0]]]), torch.tensor([[[2, 0]]]))  # rock IoU 0 in this batch
-    cm.update(torch.full((1, 3, 3), 2), torch.full((1, 3, 3), 2))  # rock IoU 1 in this batch
-    assert iou_per_class(cm.matrix)[2] == pytest.approx(9 / 10)  # not (0 + 1) / 2
-
-
-def test_all_reduce_without_distributed():
-    cm = ConfusionMatrix()
-    cm.update(PRED[None], TARGET[None])
-    assert cm.all_reduce().tolist() == EXPECTED  # not initialised: unchanged
-
-
-def test_all_reduce_single_rank_gloo(tmp_path):
-    import torch.distributed as dist
-
-    if not dist.is_available():
-        pytest.skip("torch.distributed not built")
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rdzv'}", rank=0, world_size=1)
-    try:
-        cm = ConfusionMatrix()
-        cm.update(PRED[None], TARGET[None])
-        assert cm.all_reduce().tolist() == EXPECTED
-    finally:
-        dist.destroy_process_group()
+    matrix = confusion_matrix(torch.tensor([[[0, 0]]]), torch.tensor([[[2, 0]]]))  # rock IoU 0 in this batch
+    matrix += confusion_matrix(torch.full((1, 3, 3), 2), torch.full((1, 3, 3), 2))  # rock IoU 1 in this batch
+    assert iou_per_class(matrix)[2] == pytest.approx(9 / 10)  # not (0 + 1) / 2
 
 
 def test_summarize_is_json_ready():
@@ -133,15 +103,3 @@ def test_summarize_is_json_ready():
     assert empty["miou"] is None and empty["pixel_accuracy"] is None
     with pytest.raises(ValueError):
         summarize(torch.tensor(EXPECTED), CLASS_NAMES[:3])
-
-
-def test_predicted_classes_is_argmax_ties_included():
-    import torch
-
-    from lunar_cli.metrics import predicted_classes
-
-    logits = torch.randn(2, 4, 9, 7)
-    logits[0, :, 0, 0] = 1.0  # a four-way tie: the first class wins, as with argmax
-    logits[1, 1:3, 2, 2] = 5.0
-    assert torch.equal(predicted_classes(logits, dim=1), logits.argmax(dim=1))
-    assert predicted_classes(logits, dim=1)[0, 0, 0] == 0 and predicted_classes(logits, dim=1)[1, 2, 2] == 1

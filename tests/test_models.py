@@ -17,12 +17,7 @@ import pytest
 import torch
 
 from lunar_cli.console import LunarError
-from lunar_cli.models.registry import (
-    BACKBONES,
-    build_model,
-    normalization,
-    smp_encoder_name,
-)
+from lunar_cli.models.registry import BACKBONES, build_model, normalization, smp_encoder_name
 from lunar_cli.models.unet import UNet
 from tests.conftest import make_dataset
 

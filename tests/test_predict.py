@@ -17,14 +17,7 @@ import pytest
 
 from lunar_cli.classes import PALETTE, decode_mask, read_image_rgb, write_png_atomic
 from lunar_cli.console import LunarError
-from lunar_cli.hazard import (
-    CIRCLE_RGB,
-    HAZARD_RGB,
-    SAFE_RGB,
-    assess_hazard,
-    hazard_and_safe,
-    largest_safe_circle,
-)
+from lunar_cli.hazard import CIRCLE_RGB, HAZARD_RGB, SAFE_RGB, assess_hazard, hazard_and_safe, largest_safe_circle
 from lunar_cli.predict import run_predict
 from lunar_cli.predict_files import output_names
 
@@ -38,7 +31,7 @@ def save_model(path: Path, square: int | None = 64, seed: int = 0, scale: float 
     """
     import torch
 
-    from lunar_cli.data.cache import FrameSize
+    from lunar_cli.frames import FrameSize
     from lunar_cli.models.checkpoint import checkpoint_meta, save_checkpoint
     from lunar_cli.models.registry import build_model
 

@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from lunar_cli.completions import command_specs
-from lunar_cli.config import ON_RESUME
 from lunar_cli.data.split import make_split
-from lunar_cli.resume import load_train_config
+from lunar_cli.resume import ON_RESUME, load_train_config
 from tests.conftest import make_dataset
 
 BASE = ["--epochs", "1", "--image-size", "32", "--batch-size", "4", "--workers", "0", "--device", "cpu"]
