@@ -21,7 +21,9 @@ _lunar() {
         --device) return ;;
         --encoder-weights) return ;;
         --epochs) return ;;
+        --every) return ;;
         --format|-f) COMPREPLY=($(compgen -W "onnx torchscript" -- "$cur")); return ;;
+        --fps) return ;;
         --hazard-margin) return ;;
         --height) return ;;
         --image-size) return ;;
@@ -63,7 +65,7 @@ _lunar() {
         eda) COMPREPLY=($(compgen -W "--data-dir --out -o --sample --mask-source --workers --seed --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         train) COMPREPLY=($(compgen -W "--backbone -b --encoder-weights --init --width --depth --epochs --batch-size --recipe --scale --crop-size --image-size --limit --patience --loss --class-weights --optimizer --lr --scheduler --name --exist-ok --resume --amp --no-amp --channels-last --no-channels-last --compile --deterministic --workers --cache-dir --seed --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         evaluate) COMPREPLY=($(compgen -W "--split --batch-size --tta --limit --workers --cache-dir --device --amp --no-amp --channels-last --no-channels-last --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
-        predict) COMPREPLY=($(compgen -W "--output -o --model -m --format -f --tile --overlap --hazard --hazard-margin --uncertainty --tta --batch-size --strict --device --amp --no-amp --channels-last --no-channels-last --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        predict) COMPREPLY=($(compgen -W "--output -o --model -m --format -f --tile --overlap --hazard --hazard-margin --uncertainty --tta --batch-size --strict --every --fps --device --amp --no-amp --channels-last --no-channels-last --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         compare) COMPREPLY=($(compgen -W "--out -o --images --cache-dir --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         export) COMPREPLY=($(compgen -W "--output -o --format -f --runs-dir --config -c --json --help -h" -- "$cur")) ;;
     esac

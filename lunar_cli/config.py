@@ -152,6 +152,8 @@ class PredictConfig:
     tta: bool = False  # test-time augmentation: average the probabilities of the photo and its mirror image
     batch_size: int = 8  # images (or tiles) per forward pass
     strict: bool = False  # stop at the first image that fails instead of skipping it
+    every: int = 1  # videos and folders of numbered frames: predict every Nth frame only
+    fps: float = 30.0  # frames per second of a folder of numbered frames (time stamps, an overlay video); a video has its own
 
 
 @dataclass
@@ -209,6 +211,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "eda.sample": (1, 1_000_000_000),
     "evaluate.batch_size": (1, 1024), "evaluate.grid": (0, 32),
     "predict.tile_overlap": (0, 0.875), "predict.hazard_margin": (0, 10_000), "predict.batch_size": (1, 1024),
+    "predict.every": (1, 1_000_000), "predict.fps": (0.01, 10_000),
     "compare.images": (1, 64),
 }
 CLASS_WEIGHT_MAX = 10_000.0

@@ -84,14 +84,16 @@ def _predict(result: dict) -> None:
     stdout().print(f"model: {result['model']}")
     for record in records[:20]:
         fractions = "  ".join(f"{k} {100 * v:.1f}%" for k, v in record["class_fractions"].items())
-        stdout().print(f"{record['input']} -> {', '.join(record['output'])}  ({fractions})")
+        frame = f" frame {record['frame']} ({record['time_s']:.2f} s)" if "frame" in record else ""
+        stdout().print(f"{record['input']}{frame} -> {', '.join(record['output'])}  ({fractions})")
         if "hazard" in record and record["hazard"].get("largest_safe_region"):
             region = record["hazard"]["largest_safe_region"]
             stdout().print(f"    safe ground: {100 * record['hazard']['safe_fraction']:.1f}%, largest safe circle at "
                       f"{region['center_xy']} radius {region['radius_px']} px")
     if len(records) > 20:
         stdout().print(f"... and {len(records) - 20} more")
-    stdout().print(f"{len(records)} image(s) done, {result['written']} file(s) written, {len(result['failed'])} failed")
+    what = "frame(s)" if any("frame" in r for r in records) else "image(s)"
+    stdout().print(f"{len(records)} {what} done, {result['written']} file(s) written, {len(result['failed'])} failed")
 
 
 def _share(value) -> str:
