@@ -11,6 +11,7 @@ _lunar() {
         --backbone|-b) return ;;
         --batch-size) return ;;
         --cache-dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --calibration-frames) return ;;
         --checksum) return ;;
         --class-weights) return ;;
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -67,7 +68,7 @@ _lunar() {
         evaluate) COMPREPLY=($(compgen -W "--split --batch-size --tta --limit --workers --cache-dir --device --amp --no-amp --channels-last --no-channels-last --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         predict) COMPREPLY=($(compgen -W "--output -o --model -m --format -f --tile --overlap --hazard --hazard-margin --uncertainty --tta --batch-size --strict --every --fps --device --amp --no-amp --channels-last --no-channels-last --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         compare) COMPREPLY=($(compgen -W "--out -o --images --cache-dir --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
-        export) COMPREPLY=($(compgen -W "--output -o --format -f --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        export) COMPREPLY=($(compgen -W "--output -o --format -f --int8 --calibration-frames --data-dir --cache-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
     esac
 }
 complete -o default -F _lunar lunar

@@ -101,7 +101,8 @@ def _share(value) -> str:
 
 
 def _export(result: dict) -> None:
-    stdout().print(f"{result['model']} -> {result['output']} ({result['format']}, {result['bytes'] / 1e6:.1f} MB)")
+    precision = ", int8" if result.get("precision") == "int8" else ""
+    stdout().print(f"{result['model']} -> {result['output']} ({result['format']}{precision}, {result['bytes'] / 1e6:.1f} MB)")
     stdout().print(f"checked on {result['frames_checked']} rendered scenes: class agrees on "
               f"{100 * result['class_agreement']:.3f}% of pixels, largest probability difference "
               f"{result['max_probability_difference']:.2g}")

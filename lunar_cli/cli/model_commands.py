@@ -215,11 +215,19 @@ def export(
     format: Annotated[
         Optional[ExportFormat], typer.Option("--format", "-f", help=f"File format. {default_of('export.format')}")
     ] = None,
+    int8: Annotated[
+        Optional[bool], typer.Option("--int8", help="ONNX statically quantised to int8, calibrated on val frames.")
+    ] = None,
+    calibration_frames: Annotated[
+        Optional[int], typer.Option(help=f"--int8: frames to calibrate on. {default_of('export.calibration_frames')}")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
     runs_dir: RunsDirOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Write a model for deployment (ONNX or TorchScript), normalisation and metadata inside; check it against PyTorch."""
+    """Write a model for deployment (ONNX, int8 ONNX or TorchScript), normalisation and metadata inside; check it against PyTorch."""
     given = flags(locals(), "model", "output")
     from lunar_cli.export import export_command  # heavy: torch loads when the command runs
 
