@@ -46,21 +46,23 @@ _lunar() {
         --real-count) return ;;
         --recipe) COMPREPLY=($(compgen -W "default seed" -- "$cur")); return ;;
         --resume) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --runs) return ;;
         --runs-dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --sample) return ;;
         --scale) return ;;
         --scheduler) COMPREPLY=($(compgen -W "none cosine poly step plateau" -- "$cur")); return ;;
         --seed) return ;;
         --source|-s) return ;;
-        --split) return ;;
+        --split) COMPREPLY=($(compgen -W "train val test test_real" -- "$cur")); return ;;
         --test) return ;;
         --train) return ;;
         --val) return ;;
+        --warmup) return ;;
         --width) return ;;
         --workers) return ;;
     esac
     case "$cmd" in
-        "") COMPREPLY=($(compgen -W "fetch split eda train evaluate predict compare export --version -V --debug --help -h" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "fetch split eda train evaluate predict compare export benchmark --version -V --debug --help -h" -- "$cur")) ;;
         fetch) COMPREPLY=($(compgen -W "--source -s --data-dir --count --real-count --width --height --force --models --models-dir --checksum --seed --config -c --json --help -h" -- "$cur")) ;;
         split) COMPREPLY=($(compgen -W "--data-dir --train --val --test --mask-source --strict --seed --config -c --json --help -h" -- "$cur")) ;;
         eda) COMPREPLY=($(compgen -W "--data-dir --out -o --sample --mask-source --workers --seed --runs-dir --config -c --json --help -h" -- "$cur")) ;;
@@ -69,6 +71,7 @@ _lunar() {
         predict) COMPREPLY=($(compgen -W "--output -o --model -m --format -f --tile --overlap --hazard --hazard-margin --uncertainty --tta --batch-size --strict --every --fps --device --amp --no-amp --channels-last --no-channels-last --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         compare) COMPREPLY=($(compgen -W "--out -o --images --cache-dir --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         export) COMPREPLY=($(compgen -W "--output -o --format -f --int8 --calibration-frames --data-dir --cache-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        benchmark) COMPREPLY=($(compgen -W "--split --runs --warmup --batch-size --calibration-frames --limit --workers --cache-dir --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
     esac
 }
 complete -o default -F _lunar lunar

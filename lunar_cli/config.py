@@ -166,6 +166,16 @@ class ExportConfig:
 
 
 @dataclass
+class BenchmarkConfig:
+    """Each form of a model (PyTorch fp32, bf16, ONNX fp32, int8) timed and scored (``lunar benchmark``)."""
+
+    split: SplitName = "test"  # split the mIoU of each form is scored on
+    runs: int = 10  # timed runs per form after the warm-up (the median is reported)
+    warmup: int = 2  # untimed runs first (allocations, caches, one-off compilation)
+    batch_size: int = 4  # frames per pass for images/s (ms per frame is timed one frame at a time)
+
+
+@dataclass
 class CompareConfig:
     """Comparing trained runs (``lunar compare``)."""
 
@@ -191,6 +201,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
 
 
@@ -215,6 +226,7 @@ LIMITS: dict[str, tuple[float, float]] = {
     "predict.tile_overlap": (0, 0.875), "predict.hazard_margin": (0, 10_000), "predict.batch_size": (1, 1024),
     "predict.every": (1, 1_000_000), "predict.fps": (0.01, 10_000),
     "export.calibration_frames": (1, 10_000),
+    "benchmark.runs": (1, 10_000), "benchmark.warmup": (0, 1000), "benchmark.batch_size": (1, 1024),
     "compare.images": (1, 64),
 }
 CLASS_WEIGHT_MAX = 10_000.0
@@ -282,7 +294,7 @@ def validate(cfg: Config) -> None:
 COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
     "fetch": ("fetch", ""), "split": ("split", ""), "eda": ("eda", "split", "data", ""),
     "train": ("train", "data", ""), "evaluate": ("evaluate", "data", ""), "predict": ("predict", ""),
-    "compare": ("compare", "data", ""), "export": ("export", "data", ""),
+    "compare": ("compare", "data", ""), "export": ("export", "data", ""), "benchmark": ("benchmark", "export", "data", ""),
 }
 
 

@@ -108,13 +108,30 @@ def _export(result: dict) -> None:
               f"{result['max_probability_difference']:.2g}")
 
 
+def _benchmark(result: dict) -> None:
+    rows = [[f["form"], f"{f['bytes'] / 1e6:.2f}", f"{f['ms_per_frame']:.1f}", f"{f['images_per_second']:.2f}",
+             number(f["miou"]), "" if i == 0 else _signed(f["miou_drop"])] for i, f in enumerate(result["forms"])]  # fmt: skip
+    machine = result["machine"]
+    stdout().print(_table(f"benchmark {result['model']} on {machine['cpu']} ({machine['cores']} cores, "
+                          f"{machine['device']})", ["form", "file MB", "ms/frame", "images/s",
+                                                    f"mIoU {result['split']}", "drop vs fp32"], rows))  # fmt: skip
+    stdout().print(f"timed on {result['timed_frames']} (model time; median of {result['runs']} runs after "
+                   f"{result['warmup']} warm-up, images/s in batches of {result['batch_size']}); mIoU on "
+                   f"{result['images']} {result['split']} frames, {result['resolution']}")  # fmt: skip
+
+
+def _signed(value) -> str:
+    return "n/a" if value is None else f"{value:+.4f}"
+
+
 def _compare(result: dict) -> None:
     stdout().print(result["table"])
     stdout().print(f"figures: {', '.join(result['files'])}")
 
 
 RENDERERS: dict[str, Callable[[dict], None]] = {"fetch": _fetch, "split": _split, "train": _train, "eda": _eda, "evaluate": _evaluate,
-                                            "predict": _predict, "compare": _compare, "export": _export}
+                                            "predict": _predict, "compare": _compare, "export": _export,
+                                            "benchmark": _benchmark}
 
 
 def show(command: str, result: dict) -> None:
