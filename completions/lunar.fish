@@ -106,7 +106,7 @@ complete -c lunar -n '__fish_seen_subcommand_from predict' -l tta -d 'Also run e
 complete -c lunar -n '__fish_seen_subcommand_from predict' -l batch-size -r -d 'Images per pass'
 complete -c lunar -n '__fish_seen_subcommand_from predict' -l strict -d 'Stop at the first image that fails'
 complete -c lunar -n '__fish_seen_subcommand_from predict' -l every -r -d 'Videos, numbered frames: predict every Nth frame'
-complete -c lunar -n '__fish_seen_subcommand_from predict' -l fps -r -d 'Frame rate of a folder of numbered frames'
+complete -c lunar -n '__fish_seen_subcommand_from predict' -l fps -r -d 'Frame rate of a folder of numbered frames, for time stamps'
 complete -c lunar -n '__fish_seen_subcommand_from predict' -l device -r -d 'auto | cpu | cuda | cuda:N | mps'
 complete -c lunar -n '__fish_seen_subcommand_from predict' -l amp -l no-amp -d 'Mixed precision (bf16/fp16)'
 complete -c lunar -n '__fish_seen_subcommand_from predict' -l channels-last -l no-channels-last -d 'Channels-last memory layout'

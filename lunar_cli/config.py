@@ -153,7 +153,7 @@ class PredictConfig:
     batch_size: int = 8  # images (or tiles) per forward pass
     strict: bool = False  # stop at the first image that fails instead of skipping it
     every: int = 1  # videos and folders of numbered frames: predict every Nth frame only
-    fps: float = 30.0  # frames per second of a folder of numbered frames (time stamps, an overlay video); a video has its own
+    fps: Union[float, None] = None  # frame rate of a folder of numbered frames, for their time stamps; null: none (an overlay video plays at 30); a video has its own
 
 
 @dataclass

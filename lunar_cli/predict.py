@@ -40,7 +40,7 @@ from lunar_cli.predict_stream import FrameJob, expected_frames, frame_jobs, read
 from lunar_cli.predictor import Predictor, load_predictor, model_passes, photo_summary, tiled_logits
 from lunar_cli.rundir import run_files
 from lunar_cli.runtime import Dist, broadcast, setup_distributed, teardown_distributed
-from lunar_cli.video import VideoSink, is_video
+from lunar_cli.video import DEFAULT_FPS, VideoSink, is_video
 
 
 def _make_plan(inputs, output: Path, model, runs_dir, options: PredictConfig, extras) -> dict[str, Any]:
@@ -58,7 +58,7 @@ def _make_plan(inputs, output: Path, model, runs_dir, options: PredictConfig, ex
     video_out = None
     if is_video(output):
         targets = [plan_video_output(output, options.format, extras, paths, sequences, model_files)] * len(paths)
-        fps = sources[0]["fps"] if sources[0]["kind"] == "video" else options.fps
+        fps = sources[0]["fps"] if sources[0]["kind"] == "video" else options.fps or DEFAULT_FPS
         video_out = {"fps": fps / options.every}  # the video plays in real time
     else:
         targets = plan_outputs(paths, output, options.format, extras, model_files)
@@ -93,10 +93,11 @@ def run_predict(
     inputs: list[str], *, output: Path | None, model: Path | None, runs_dir: Path, options: "PredictConfig",
     device: str = "auto", amp: bool | None = None, channels_last: bool | None = None, progress: bool = True,
 ) -> dict:  # fmt: skip
-    """Predict masks for the inputs; return {"model":..., "records": [...], "failed": [...], "written": n}.
+    """Predict masks for the inputs; return {"model", "records", "failed", "written", "seconds", "frames_per_second"}.
 
-    Each record: input, output files, width, height, class_fractions, seconds (and hazard,
-    uncertainty and out_of_distribution when asked). Files that cannot be read are warned
+    Each record: input (and frame, time_s for frames of a video or numbered sequence),
+    output files, width, height, class_fractions, seconds (and hazard, uncertainty and
+    out_of_distribution when asked). Files that cannot be read are warned
     about, skipped and listed in ``failed``; with ``options.strict`` the first one stops
     the batch with a LunarError (outputs already written stay). Under torchrun rank 0
     returns every rank's records, in input order; other ranks return their own. ``output``
@@ -129,6 +130,7 @@ def run_predict(
                 "--uncertainty needs it: train the model again, or leave --uncertainty out"
             )
         jobs = list(range(len(plan["inputs"])))[dist.rank :: dist.world_size]
+        start = time.perf_counter()
         done, failed = _predict_share(loaded, plan, jobs, options, progress=progress and dist.is_main)
         everyone_failed = failed
         if dist.enabled:
@@ -140,8 +142,10 @@ def run_predict(
             {key: f[key] for key in ("input", "frame", "reason") if key in f} for f in sorted(failed, key=lambda f: f["order"])
         ]
         records = [record for _, record in sorted(done, key=lambda pair: pair[0])]
+        seconds = time.perf_counter() - start
         return {"model": plan["model"], "records": records, "failed": failed,
-                "written": len({f for r in records for f in r["output"]})}  # fmt: skip (frames of one video share its file)
+                "written": len({f for r in records for f in r["output"]}),  # frames of one video share its file
+                "seconds": round(seconds, 3), "frames_per_second": round(len(records) / max(seconds, 1e-9), 3)}
     finally:
         teardown_distributed(dist)
 
@@ -236,8 +240,9 @@ def _predict_share(
         frame = order[1] if plan["sources"][order[0]]["kind"] == "video" else None
         failed.append(_failure(path, order, exc, doing, not options.strict, frame))
 
-    with _one_cv2_thread_each(), ThreadPoolExecutor(max(2, cores), thread_name_prefix="lunar-io") as pool, \
-            video_outputs(plan) as videos:  # fmt: skip
+    # The videos close after the pool: every frame a thread still finishes reaches them first.
+    with _one_cv2_thread_each(), video_outputs(plan) as videos, \
+            ThreadPoolExecutor(max(2, cores), thread_name_prefix="lunar-io") as pool:  # fmt: skip
         writes: deque = deque()
         pending: list[tuple[FrameJob, np.ndarray, np.ndarray, float]] = []  # (job, photo, at the model's scale, seconds)
 

@@ -20,7 +20,7 @@ from lunar_cli.console import LunarError, warn
 from lunar_cli.files import atomic_path, refuse_overwrite
 from lunar_cli.hazard import hazard_image
 from lunar_cli.postprocess import Outputs
-from lunar_cli.video import VIDEO_SUFFIXES, is_video, numbered_order, probe_video
+from lunar_cli.video import DEFAULT_FPS, VIDEO_SUFFIXES, is_video, numbered_order, probe_video
 
 FORMATS = {"rgb": ".png", "index": ".png", "overlay": "_overlay.png", "probs": ".npz"}
 # Maps written beside the mask when asked for -> what is appended to the output's base name.
@@ -120,14 +120,15 @@ def _add_literal(path: Path, paths: list[Path], problems: list[dict[str, str]], 
 
 
 def describe_inputs(
-    paths: list[Path], sequences: list[list[Path]], every: int, fps: float, max_pixels: int,
+    paths: list[Path], sequences: list[list[Path]], every: int, fps: float | None, max_pixels: int,
 ) -> tuple[list[Path], list[dict[str, Any]], list[dict[str, str]]]:  # fmt: skip
     """Return (the inputs to predict, what each one is, problems): videos opened, numbered sequences sampled.
 
     Each input is ``{"kind": "photo"}``, a numbered frame ``{"kind": "photo", "frame": its
-    place in the sequence, "time_s": frame / fps}`` (only every ``every``-th one is kept),
-    or ``{"kind": "video", "fps", "frames" (None: unknown), "width", "height"}`` from its
-    header. A video that cannot be opened, or whose frames are over ``max_pixels``, is a problem.
+    place in the sequence, "time_s": frame / fps, or None without ``fps``}`` (only every
+    ``every``-th one is kept), or ``{"kind": "video", "fps", "frames" (None: unknown),
+    "width", "height"}`` from its header (``fps``, else 30, when it gives no rate). A video
+    that cannot be opened, or whose frames are over ``max_pixels``, is a problem.
     """
     place = {p: i for seq in sequences for i, p in enumerate(seq)}
     kept, about, problems = [], [], []
@@ -138,14 +139,15 @@ def describe_inputs(
             except LunarError as exc:
                 problems.append({"input": str(path), "reason": str(exc)})
                 continue
+            rate = header.fps or fps or DEFAULT_FPS
             if header.fps is None:
-                warn(f"{path}: no frame rate in the video's header; time stamps count {fps:g} frames a second (--fps)")
-            about.append({"kind": "video", "fps": header.fps or fps, "frames": header.frames, "width": header.width,
+                warn(f"{path}: no frame rate in the video's header; time stamps count {rate:g} frames a second (--fps)")
+            about.append({"kind": "video", "fps": rate, "frames": header.frames, "width": header.width,
                           "height": header.height})  # fmt: skip
         elif path in place:
             if place[path] % every:
                 continue
-            about.append({"kind": "photo", "frame": place[path], "time_s": round(place[path] / fps, 6)})
+            about.append({"kind": "photo", "frame": place[path], "time_s": round(place[path] / fps, 6) if fps else None})
         else:
             about.append({"kind": "photo"})
         kept.append(path)

@@ -84,7 +84,8 @@ def _predict(result: dict) -> None:
     stdout().print(f"model: {result['model']}")
     for record in records[:20]:
         fractions = "  ".join(f"{k} {100 * v:.1f}%" for k, v in record["class_fractions"].items())
-        frame = f" frame {record['frame']} ({record['time_s']:.2f} s)" if "frame" in record else ""
+        at = f" ({record['time_s']:.2f} s)" if record.get("time_s") is not None else ""
+        frame = f" frame {record['frame']}{at}" if "frame" in record else ""
         stdout().print(f"{record['input']}{frame} -> {', '.join(record['output'])}  ({fractions})")
         if "hazard" in record and record["hazard"].get("largest_safe_region"):
             region = record["hazard"]["largest_safe_region"]
@@ -93,7 +94,8 @@ def _predict(result: dict) -> None:
     if len(records) > 20:
         stdout().print(f"... and {len(records) - 20} more")
     what = "frame(s)" if any("frame" in r for r in records) else "image(s)"
-    stdout().print(f"{len(records)} {what} done, {result['written']} file(s) written, {len(result['failed'])} failed")
+    stdout().print(f"{len(records)} {what} done in {result['seconds']:.1f} s ({result['frames_per_second']:.2f}/s), "
+                   f"{result['written']} file(s) written, {len(result['failed'])} failed")  # fmt: skip
 
 
 def _share(value) -> str:

@@ -34,6 +34,7 @@ T = TypeVar("T")
 # and Motion JPEG are in every OpenCV build (H.264 is not in the pip wheels); FFV1 is lossless.
 VIDEO_CODECS = {".mp4": "mp4v", ".mov": "mp4v", ".m4v": "mp4v", ".avi": "MJPG", ".mkv": "FFV1"}
 VIDEO_SUFFIXES = tuple(VIDEO_CODECS)
+DEFAULT_FPS = 30.0  # frames per second of a video made of numbered frames, or of one whose header has no rate
 BAD_RUN_END = 8  # this many frames in a row that cannot be decoded: the video has ended
 READ_AHEAD = 8  # decoded frames held ahead of the model per video
 NUMBERED = re.compile(r"^(.*?)(\d+)$")  # a frame's stem: any prefix, then its number
@@ -190,6 +191,7 @@ class VideoSink:
         self._waiting: dict[int, np.ndarray | None] = {}
         self._writer: Any = None
         self._size: tuple[int, int] | None = None
+        self._released = False
 
     def put(self, seq: int, rgb: np.ndarray) -> None:
         """Add frame ``seq`` (RGB (H, W, 3) or grayscale (H, W) uint8); a frame of another size fails alone (LunarError)."""
@@ -212,7 +214,7 @@ class VideoSink:
             self._drain()
 
     def _drain(self) -> None:
-        while self._next in self._waiting:
+        while self._next in self._waiting and not self._released:
             image = self._waiting.pop(self._next)
             self._next += 1
             if image is None:
@@ -226,7 +228,9 @@ class VideoSink:
             self.frames += 1
 
     def release(self) -> None:
-        """Finish the encoding (frames still held back are dropped)."""
+        """Finish the encoding (frames still held back, or put later, are dropped)."""
+        with self._lock:
+            self._released = True
         if self._writer is not None:
             self._writer.release()
             self._writer = None

@@ -85,6 +85,8 @@ def test_every_n_samples_frames_and_a_numbered_folder_is_a_sequence_in_number_or
     numbered = predict([folder], tmp_path / "seq", model, every=2, fps=10.0)
     assert [Path(r["input"]).name for r in numbered["records"]] == [f"frame_{i}.png" for i in range(0, 11, 2)]
     assert [(r["frame"], r["time_s"]) for r in numbered["records"]] == [(i, pytest.approx(i / 10)) for i in range(0, 11, 2)]
+    plain = predict([folder], tmp_path / "plain", model, every=5)  # no --fps: no time stamps are made up
+    assert [(r["frame"], r["time_s"]) for r in plain["records"]] == [(0, None), (5, None), (10, None)]
     by_frame = {r["frame"]: r for r in numbered["records"]}
     for record in [r for r in sampled["records"] if r["frame"] in by_frame]:  # frames 0 and 6: the same mask
         assert np.array_equal(mask(record["output"][0]), mask(by_frame[record["frame"]]["output"][0]))

@@ -168,7 +168,7 @@ def predict(
         Optional[int], typer.Option(help=f"Videos, numbered frames: predict every Nth frame. {default_of('predict.every')}")
     ] = None,
     fps: Annotated[
-        Optional[float], typer.Option(help=f"Frame rate of a folder of numbered frames. {default_of('predict.fps')}")
+        Optional[float], typer.Option(help=f"Frame rate of a folder of numbered frames, for time stamps. {range_of('predict.fps')}")
     ] = None,
     device: DeviceOpt = None,
     amp: AmpOpt = None,
