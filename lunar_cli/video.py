@@ -61,7 +61,10 @@ def probe_video(path: Path, max_pixels: int) -> VideoInfo:
         raise LunarError(f"{path}: no such file" if not path.exists() else f"{path}: not a regular file; give a video file")
     if path.stat().st_size == 0:
         raise LunarError(f"{path}: file is empty")
-    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    try:
+        capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+    except (UnicodeEncodeError, cv2.error) as exc:  # OpenCV takes UTF-8 names only
+        raise LunarError(f"{path}: OpenCV cannot open a video by this name ({type(exc).__name__}); rename it") from exc
     try:
         width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
         if not capture.isOpened() or width <= 0 or height <= 0:
