@@ -71,6 +71,23 @@ def lock_run_dir(run_dir: Path) -> IO[str] | None:
     return handle
 
 
+def remove_if_unused(run_dir: Path) -> bool:
+    """Remove ``run_dir`` if it holds nothing but its lock file; return whether it was removed.
+
+    For a run refused before it wrote anything (weights that cannot be had, a bad --init):
+    such a failure leaves no empty folder behind to take the run's name.
+    """
+    run_dir = Path(run_dir)
+    try:
+        if any(p.name != ".lock" for p in run_dir.iterdir()):
+            return False
+        (run_dir / ".lock").unlink(missing_ok=True)
+        run_dir.rmdir()
+    except OSError:
+        return False
+    return True
+
+
 def latest_file(root: Path, filename: str) -> Path | None:
     """Return the newest ``filename`` anywhere under ``root`` (by modification time), or None."""
     found = [p for p in Path(root).glob(f"**/{filename}") if p.is_file()]

@@ -349,7 +349,7 @@ def train(
     """
     from lunar_cli.models.registry import friendly_name
     from lunar_cli.resume import read_resume_checkpoint, resolve_resume, say_changes
-    from lunar_cli.rundir import lock_run_dir
+    from lunar_cli.rundir import lock_run_dir, remove_if_unused
     from lunar_cli.runtime import setup_distributed, teardown_distributed
     from lunar_cli.train_log import EpochProgress, say_start
 
@@ -364,7 +364,12 @@ def train(
             lock = lock_run_dir(run_dir)  # one training per run folder
             stack.callback(lambda: lock is not None and lock.close())
             say_changes(list(changes))
-        run = build_run(cfg, dist, device, run_dir, fresh=ckpt is None, progress=progress)
+        try:
+            run = build_run(cfg, dist, device, run_dir, fresh=ckpt is None, progress=progress)
+        except BaseException:
+            if dist.is_main and ckpt is None:
+                remove_if_unused(run_dir)  # refused before anything was written: leave no empty folder
+            raise
         state = restore(run, ckpt) if ckpt is not None else TrainState()
         talk = progress and dist.is_main
         if talk:
