@@ -28,7 +28,7 @@ import time
 from datetime import date
 from pathlib import Path
 
-from bench_results import machine, update_section
+from bench_results import machine, model_kwargs, update_section
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("ground", "sky", "small_rocks", "large_rocks")
@@ -82,12 +82,12 @@ def as_lunar(decoder: str, argv: list[str]) -> int:
 
 
 def model_size(backbone: str, decoder: str | None) -> dict:
-    """Return the U-Net's parameter count and the MB of its fp16 state dict (torch.save)."""
+    """Return the U-Net's parameter count and the MB of its fp16 state dict (torch.save), as the default recipe builds it."""
     import torch
 
     from lunar_cli.models.registry import build_model
 
-    kwargs = {"decoder_channels": tuple(int(c) for c in decoder.split(","))} if decoder else {}
+    kwargs = {"decoder_channels": tuple(int(c) for c in decoder.split(","))} if decoder else model_kwargs(backbone)
     model = build_model(backbone, encoder_weights="none", **kwargs)
     half = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     buffer = io.BytesIO()
@@ -145,8 +145,9 @@ def section(rows: list[dict]) -> str:
         "(`lunar fetch --source shared/real-reference/labelled`, `lunar split --train 0 --val 0 --test 1`): **real renders** = the 38 original Kaggle renders (split test), "
         "**real photos** = the 14 real Chang'e-3 photos (split test_real), used for measuring only. Each row: "
         "`lunar train FLAGS` (train s = time in training steps, `train_seconds`), then `lunar evaluate` on whole "
-        f"frames at full resolution: synthetic test {first['synthetic']['resolution']}, real renders "
-        f"{first['real_renders']['resolution']}, real photos {first['real_photos']['resolution']}. "
+        f"frames, each at its own labels' resolution: synthetic test {first['synthetic']['images']} frames at 480x320, "
+        f"real renders {first['real_renders']['images']} and real photos {first['real_photos']['images']} as the real "
+        "set's resized copies hold them (256x256 to 1601x1067; photos mostly 423x310). "
         "Size: parameters and the MB of the fp16 state dict. One seed each: differences under about 0.03 are noise. "
         "Rerun: `python bench/bench_effnet.py --write`.",
         "",
@@ -172,18 +173,26 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "bench" / ".effnet", help="data, runs and rows.json")
     parser.add_argument("--real", type=Path, default=default_real_set(), help="the real labelled dev set")
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    parser.add_argument("--table", action="store_true", help="only tabulate the rows in --work/rows.json")
     args = parser.parse_args()
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1"}
     args.work.mkdir(parents=True, exist_ok=True)
-    data, realdev = prepare(args.work, args.real, env)
     saved = args.work / "rows.json"
     rows = json.loads(saved.read_text()) if saved.is_file() else []
     todo = [(label, shlex.split(flags)) for label, flags in (r.split(":", 1) for r in args.run)] or ROWS
+    if args.table:
+        todo = []
+    else:
+        data, realdev = prepare(args.work, args.real, env)
     for label, flags in todo:
         row = run_row(label, flags, data, realdev, args.work, env)
         rows = [r for r in rows if r["label"] != label] + [row]
         saved.write_text(json.dumps(rows, indent=2))
+    for row in rows:  # sizes as the default recipe builds each model
+        flags = shlex.split(row["flags"])
+        decoder = flags[flags.index("--decoder-channels") + 1] if "--decoder-channels" in flags else None
+        row.update(model_size(row["backbone"], decoder))
     text = section(rows)
     print(text)
     if args.write:
