@@ -136,7 +136,7 @@ def train_args(data_dir: Path, runs: Path, *extra: str) -> list[str]:
             "--data-dir", data_dir, "--runs-dir", runs, "--workers", "0", "--device", "cpu", "--json", *extra]  # fmt: skip
 
 
-def test_train_with_packaged_imagenet_weights_records_their_normalisation(cli, data_dir, tmp_path, no_network):
+def test_train_with_packaged_imagenet_weights_records_their_normalisation(cli, data_dir, tmp_path, no_network, monkeypatch):
     from lunar_cli.models.checkpoint import load_checkpoint
 
     result = cli(*train_args(data_dir, tmp_path / "runs"))
@@ -149,6 +149,11 @@ def test_train_with_packaged_imagenet_weights_records_their_normalisation(cli, d
     evaluated = cli("evaluate", run_dir, "--data-dir", data_dir, "--runs-dir", tmp_path / "runs", "--json")
     assert evaluated.code == 0, evaluated.err
     assert 0.0 <= evaluated.json()["splits"]["test"]["miou"] <= 1.0
+    # Resuming takes the weights from the checkpoint: the package is not needed for it.
+    monkeypatch.setitem(sys.modules, PACKAGE_MODULE, None)
+    resumed = cli("train", "--resume", run_dir, "--epochs", "2", "--workers", "0", "--json")
+    assert resumed.code == 0, resumed.err
+    assert resumed.json()["epochs_run"] == 2
 
 
 def test_export_to_onnx_and_predict_with_it(cli, data_dir, tmp_path, no_network):
