@@ -6,6 +6,7 @@ every run of this script trains and scores on the same images.
 
     python bench/bench_accuracy.py --mode cpu --write     # custom U-Net, default and seed recipes (~25 min, 2 cores)
     python bench/bench_accuracy.py --mode gpu --write     # four models x default and seed (~10 min, one H100/H200)
+    python bench/bench_accuracy.py --mode gpu --budget-s 240 --out $OUT   # what fits in 4 minutes of a lent GPU
     python bench/bench_accuracy.py --run "wide:--width 24" --epochs 10   # one-off experiments (no --write)
 
 Results go to a "## Accuracy" section of bench/RESULTS.md (``--write``) and to
@@ -36,10 +37,12 @@ MODES = {
         ("custom, default", ["--backbone", "custom", "--epochs", "56", "--batch-size", "8"]),
         ("custom, --recipe seed", ["--backbone", "custom", "--recipe", "seed", "--epochs", "40", "--batch-size", "8"]),
     ],
+    # In the order they are worth a lent GPU's minutes (--budget-s stops starting new runs): the default
+    # recipe of each model first, then the study's recipe.
     "gpu": [
         (f"{b}, {r}", ["--backbone", b, "--encoder-weights", "none", "--epochs", "20", "--batch-size", "16",
                        *([] if r == "default" else ["--recipe", "seed"])])
-        for b in ("custom", "vgg11", "resnet18", "mobilenet_v3_large") for r in ("default", "seed")
+        for r in ("default", "seed") for b in ("custom", "resnet18", "vgg11", "mobilenet_v3_large")
     ],
 }
 
@@ -121,6 +124,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "bench" / ".accuracy", help="data and runs folder")
     parser.add_argument("--out", type=Path, help="also write results.json here")
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
+    parser.add_argument("--budget-s", type=float, help="start no new run after this many seconds (data included)")
     args = parser.parse_args()
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_WAIT_POLICY": "PASSIVE"}
@@ -130,9 +134,15 @@ def main() -> None:
     runs = [(label, shlex.split(flags)) for label, flags in (r.split(":", 1) for r in args.run)] or MODES[args.mode]
     rows = []
     for label, flags in runs:
+        if args.budget_s is not None and time.perf_counter() - start > args.budget_s:
+            print(f"budget of {args.budget_s:.0f} s spent: {label} and the runs after it not run", flush=True)
+            break
         if args.epochs is not None:
             flags = [*flags, "--epochs", str(args.epochs)]
         rows.append(run_one(label, flags, data, args.work, env))
+        if args.out is not None:  # after each run: a run cut off by the lease still leaves the ones before it
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "results.json").write_text(json.dumps({"machine": machine(), "rows": rows}, indent=2))
     text = table(rows, args.mode, time.perf_counter() - start)
     print(text)
     if args.out is not None:

@@ -21,6 +21,7 @@ Runs alternate (A B A B ...) after one warm-up each; medians, with min-max.
     .venv/bin/python bench/bench_predict.py            # print the tables
     .venv/bin/python bench/bench_predict.py --write    # also update bench/RESULTS.md
     .venv/bin/python bench/bench_predict.py --part one-photo --write
+    python bench/bench_predict.py --part folder --device cuda --batch 32 --photos 256 --write   # on a GPU
 """
 
 from __future__ import annotations
@@ -79,20 +80,23 @@ def make_photos(folder: Path, n: int) -> list[Path]:
     return paths
 
 
-def forward_rate(ckpt: Path, photos: list[Path], amp: bool, batch: int = 8) -> float:
-    """Return images/s of the bare forward pass over the photos, decoded and normalised up front."""
+def forward_rate(ckpt: Path, photos: list[Path], amp: bool, batch: int, device: str) -> float:
+    """Return images/s of the bare forward pass over the photos, decoded, normalised and on the device up front."""
     import cv2
     import torch
 
     from lunar_cli.torch_model import forward, load_model, to_input
 
-    model = load_model(ckpt, "cpu", amp=amp)
+    model = load_model(ckpt, device, amp=amp)
     frames = torch.from_numpy(np.stack([cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in photos]))
-    x = to_input(model, frames)
+    x = to_input(model, frames.to(model.device))
     forward(model, x[:batch])  # warm-up
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
     start = time.perf_counter()
     for i in range(0, len(x), batch):
-        forward(model, x[i : i + batch])
+        logits = forward(model, x[i : i + batch])
+    logits.cpu()  # waits for the device's queued work
     return len(x) / (time.perf_counter() - start)
 
 
@@ -117,14 +121,14 @@ def io_rate(photos: list[Path], out: Path) -> float:
     return len(photos) / (time.perf_counter() - start)
 
 
-def lunar_rate(ckpt: Path, folder: Path, out: Path, amp: bool, **options) -> float:
+def lunar_rate(ckpt: Path, folder: Path, out: Path, amp: bool, batch: int, device: str, **options) -> float:
     """Return images/s of lunar's run_predict over the folder (in-process, warm)."""
     from lunar_cli.config import PredictConfig
     from lunar_cli.predict import run_predict
 
     start = time.perf_counter()
-    result = run_predict([str(folder)], output=out, model=ckpt, runs_dir=out / "runs", device="cpu", amp=amp,
-                         progress=False, options=PredictConfig(batch_size=8, **options))  # fmt: skip
+    result = run_predict([str(folder)], output=out, model=ckpt, runs_dir=out / "runs", device=device, amp=amp,
+                         progress=False, options=PredictConfig(batch_size=batch, **options))  # fmt: skip
     return len(result["records"]) / (time.perf_counter() - start)
 
 
@@ -132,20 +136,21 @@ def median_range(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
-def throughput(work: Path, photos: list[Path], rounds: int) -> list[str]:
+def throughput(work: Path, photos: list[Path], rounds: int, batch: int, device: str) -> list[str]:
     """Return the markdown rows of table (a)."""
     rows = []
     for backbone in ("custom", "resnet18"):
         ckpt = make_checkpoint(work / f"{backbone}.pt", backbone)
-        for label, amp in precisions():
-            lunar_rate(ckpt, photos[0].parent, work / "warm", amp)  # warm-up: imports, allocator, threads
+        for label, amp in [("fp32", False), ("bf16", True)] if device.startswith("cuda") else precisions():
+            rate = lambda name, **kw: lunar_rate(ckpt, photos[0].parent, work / name, amp, batch, device, **kw)  # noqa: E731
+            rate("warm")  # warm-up: imports, allocator, threads
             runs: dict[str, list[float]] = {k: [] for k in ("forward", "io", "lunar", "tta", "uncertainty")}
             for _ in range(rounds):
-                runs["forward"].append(forward_rate(ckpt, photos, amp))
+                runs["forward"].append(forward_rate(ckpt, photos, amp, batch, device))
                 runs["io"].append(io_rate(photos, work / "io"))
-                runs["lunar"].append(lunar_rate(ckpt, photos[0].parent, work / "out", amp))
-                runs["tta"].append(lunar_rate(ckpt, photos[0].parent, work / "tta", amp, tta=True))
-                runs["uncertainty"].append(lunar_rate(ckpt, photos[0].parent, work / "unc", amp, uncertainty=True))
+                runs["lunar"].append(rate("out"))
+                runs["tta"].append(rate("tta", tta=True))
+                runs["uncertainty"].append(rate("unc", uncertainty=True))
             med = {k: statistics.median(v) for k, v in runs.items()}
             ceiling = min(med["forward"], med["io"])
             rows.append(f"| {backbone} | {label} | {median_range(runs['forward'])} | {median_range(runs['io'])} | "
@@ -215,26 +220,31 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--part", choices=("all", "folder", "one-photo"), default="all", help="which table(s) to measure")
+    parser.add_argument("--batch", type=int, default=8, help="photos per forward pass (folder table)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (folder table)")
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
     args = parser.parse_args()
     sections = []
+    gpu = args.device.startswith("cuda")
+    heading = "## Prediction on a GPU: lunar predict against" if gpu else "## Prediction: lunar predict against"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         photos = make_photos(work / "photos", args.photos if args.part != "one-photo" else 1)
         if args.part in ("all", "folder"):
-            sections.append(("## Prediction: lunar predict against", "\n".join([
-                f"## Prediction: lunar predict against the machine's ceiling ({date.today().isoformat()})",
+            sections.append((heading, "\n".join([
+                f"{heading} the machine's ceiling ({date.today().isoformat()})",
                 "",
-                f"Machine: {machine()}. {args.photos} rendered 720x480 PNG photos predicted at their own size "
-                f"(scale 1), batch 8, random weights (speed does not depend on them); medians of {args.rounds} "
-                "alternating rounds (min-max). Command: `python bench/bench_predict.py --part folder --write`.",
+                f"Machine: {machine()}. On {args.device}. {args.photos} rendered 720x480 PNG photos predicted at their "
+                f"own size (scale 1), batch {args.batch}, random weights (speed does not depend on them); medians of "
+                f"{args.rounds} alternating rounds (min-max). Command: `python bench/bench_predict.py --part folder "
+                f"--device {args.device} --batch {args.batch} --photos {args.photos} --write`.",
                 "",
                 "Folder throughput, images/s:",
                 "",
                 "| model | precision | bare forward | bare decode+encode (all cores) | ceiling | lunar predict "
                 "| lunar / ceiling | lunar --tta | lunar --uncertainty |",
                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-                *throughput(work, photos, args.rounds),
+                *throughput(work, photos, args.rounds, args.batch, args.device),
             ])))
         if args.part in ("all", "one-photo"):
             rounds = 2 * args.rounds + 1

@@ -12,6 +12,11 @@ precision; bf16 vs fp32 (lunar's own step): custom >= 2x, resnet18 >= 1.8x, vgg1
 
     python bench/bench_train.py                    # custom, resnet18, vgg11; 256x256 crops
     python bench/bench_train.py --write            # also update bench/RESULTS.md
+    python bench/bench_train.py --device cuda --batch 32 --steps 40 --write   # on a GPU (its own section)
+
+On a GPU both sides run in fp32 (TF32 matrix units, as lunar train sets them) and bf16
+autocast, the frames resident on the device as lunar train keeps them when they fit,
+and each side is timed over all its steps with one synchronisation at the end.
 """
 
 from __future__ import annotations
@@ -38,7 +43,17 @@ from lunar_cli.recipe import make_criterion, make_optimizer
 from lunar_cli.runtime import choose_precision
 from lunar_cli.train import train_one_epoch
 
-CPU = torch.device("cpu")
+
+
+def gpu_precisions() -> list[tuple[str, bool]]:
+    """Return the (label, amp) pairs to time on a GPU: fp32 (TF32) and bf16 autocast."""
+    return [("fp32", False), ("bf16", True)]
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU), so a host clock reads finished work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def fake_split(n: int, seed: int) -> CachedSplit:
@@ -52,45 +67,48 @@ def fake_split(n: int, seed: int) -> CachedSplit:
                        class_pixels=np.bincount(masks.ravel(), minlength=4).tolist())  # fmt: skip
 
 
-def setup(backbone: str, amp: bool):
-    """Return (model in its layout, optimiser, loss, precision), as lunar train builds them."""
+def setup(backbone: str, amp: bool, device: torch.device):
+    """Return (model in its layout on the device, optimiser, loss, precision), as lunar train builds them."""
     torch.manual_seed(0)
-    precision = choose_precision(CPU, amp, None)
-    model = build_model(backbone, **model_kwargs(backbone))
+    precision = choose_precision(device, amp, None)
+    model = build_model(backbone, **model_kwargs(backbone)).to(device)
     if precision.channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, TrainConfig(backbone=backbone))
-    return model, opt, make_criterion("ce+dice", None, [1, 1, 1, 1], CPU), precision
+    return model, opt, make_criterion("ce+dice", None, [1, 1, 1, 1], device), precision
 
 
-def bare_steps(backbone: str, amp: bool, crop: int, batch: int, steps: int) -> list[float]:
-    """Return seconds per step of a plain loop over pre-made normalised crops."""
-    model, opt, criterion, precision = setup(backbone, amp)
-    x_all = torch.rand(batch * steps, 3, crop, crop).contiguous(memory_format=torch.channels_last)
-    y_all = torch.randint(0, 4, (batch * steps, crop, crop))
+def bare_steps(backbone: str, amp: bool, crop: int, batch: int, steps: int, device: torch.device) -> float:
+    """Return seconds per step of a plain loop over pre-made normalised crops already on the device."""
+    model, opt, criterion, precision = setup(backbone, amp, device)
+    x_all = torch.rand(batch * steps, 3, crop, crop, device=device).contiguous(memory_format=torch.channels_last)
+    y_all = torch.randint(0, 4, (batch * steps, crop, crop), device=device)
     model.train()
-    times = []
+    synchronize(device)
+    start = time.perf_counter()
     for i in range(steps):
         x, y = x_all[i * batch : (i + 1) * batch], y_all[i * batch : (i + 1) * batch]
-        start = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         with precision.autocast():
             logits = model(x)
         criterion(logits, y).backward()
         opt.step()
-        times.append(time.perf_counter() - start)
-    return times
+    synchronize(device)
+    return (time.perf_counter() - start) / steps
 
 
-def lunar_steps(backbone: str, amp: bool, split: CachedSplit, crop: int, batch: int, steps: int) -> float:
+def lunar_steps(backbone: str, amp: bool, split: CachedSplit, crop: int, batch: int, steps: int,
+                device: torch.device) -> float:  # fmt: skip
     """Return seconds per step of lunar's engine (CropLoader with augmentation + train_one_epoch), by epoch time."""
-    model, opt, criterion, precision = setup(backbone, amp)
+    model, opt, criterion, precision = setup(backbone, amp, device)
     norm = normalization(backbone)
     loader = CropLoader(split, crop=crop, zoom=(0.75, 1.5), augment=AugmentConfig(), mean=norm["mean"],
                         std=norm["std"], channels_last=precision.channels_last, batch_size=batch, shuffle=True,
-                        seed=0, limit=batch * steps)  # fmt: skip
+                        seed=0, limit=batch * steps, device=device, resident=device.type == "cuda")  # fmt: skip
     loader.set_epoch(1)
+    synchronize(device)
     _, _, seconds = train_one_epoch(model, loader, criterion, opt, None, precision.autocast, None)
+    synchronize(device)  # train_one_epoch waits for its last step already (the loss check)
     return seconds / len(loader)
 
 
@@ -101,32 +119,40 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--write", action="store_true", help="update bench/RESULTS.md")
     args = parser.parse_args()
 
+    device = torch.device(args.device)
+    if device.type == "cuda":  # as lunar train sets them (train_setup.configure_torch)
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     split = fake_split(args.batch * args.steps, 0)
     rows, lunar_ms = [], {}
     for backbone in args.backbones.split(","):
-        for label, amp in precisions():
-            bare_steps(backbone, amp, args.crop, args.batch, 2)  # warm-up: kernels, allocator, lazy imports
-            lunar_steps(backbone, amp, split, args.crop, args.batch, 2)
+        for label, amp in gpu_precisions() if device.type == "cuda" else precisions():
+            bare_steps(backbone, amp, args.crop, args.batch, 2, device)  # warm-up: kernels, allocator, lazy imports
+            lunar_steps(backbone, amp, split, args.crop, args.batch, 2, device)
             bare, ours = [], []
             for _ in range(args.rounds):
-                bare.append(statistics.median(bare_steps(backbone, amp, args.crop, args.batch, args.steps)[1:]))
-                ours.append(lunar_steps(backbone, amp, split, args.crop, args.batch, args.steps))
+                bare.append(bare_steps(backbone, amp, args.crop, args.batch, args.steps, device))
+                ours.append(lunar_steps(backbone, amp, split, args.crop, args.batch, args.steps, device))
             b, o = statistics.median(bare), statistics.median(ours)
             lunar_ms[backbone, label] = o
             speedup = f"{lunar_ms[backbone, 'fp32'] / o:.2f}x" if label != "fp32" else ""
-            rows.append(f"| {backbone} | {label} | {b * 1000:.0f} | {o * 1000:.0f} | {args.batch / o:.1f} | "
+            rows.append(f"| {backbone} | {label} | {b * 1000:.1f} | {o * 1000:.1f} | {args.batch / o:.1f} | "
                         f"**{o / b:.3f}** | {speedup} |")  # fmt: skip
             print(rows[-1], flush=True)
 
+    where = "a GPU" if device.type == "cuda" else "the CPU"
+    heading = "## Training step on a GPU" if device.type == "cuda" else "## Training step"
     lines = [
-        f"## Training step: lunar vs bare PyTorch loop, fp32 and bf16 ({date.today().isoformat()})",
+        f"{heading}: lunar vs bare PyTorch loop, fp32 and bf16 ({date.today().isoformat()})",
         "",
-        f"Machine: {machine()}. Crops {args.crop}x{args.crop} (lunar: from 480x320 frames with zoom, flips, jitter and "
-        f"camera-look augmentation), batch {args.batch}, CE+Dice, AdamW, channels-last; {args.steps} steps x "
-        f"{args.rounds} alternating rounds, medians. Command: `python bench/bench_train.py --write`.",
+        f"Machine: {machine()}. On {where}. Crops {args.crop}x{args.crop} (lunar: from 480x320 frames with zoom, flips, "
+        f"jitter and camera-look augmentation), batch {args.batch}, CE+Dice, AdamW, channels-last; {args.steps} steps x "
+        f"{args.rounds} alternating rounds, medians. Command: `python bench/bench_train.py --device {args.device} "
+        f"--batch {args.batch} --steps {args.steps} --backbones {args.backbones} --write`.",
         "",
         "| model | precision | bare loop ms/step | lunar ms/step | lunar images/s | lunar / bare | bf16 speed-up (lunar) |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
@@ -135,7 +161,7 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if args.write:
-        update_section(Path(__file__).with_name("RESULTS.md"), "## Training step", "\n".join(lines))
+        update_section(Path(__file__).with_name("RESULTS.md"), f"{heading}:", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ complete -c lunar -n '__fish_seen_subcommand_from eda' -l runs-dir -r -F -d 'Run
 complete -c lunar -n '__fish_seen_subcommand_from eda' -l config -s c -r -F -d 'YAML config file; flags given here override it'
 complete -c lunar -n '__fish_seen_subcommand_from eda' -l json -d 'Print the result as JSON on stdout (for scripts)'
 complete -c lunar -n '__fish_seen_subcommand_from eda' -l help -s h -d 'Show help and exit'
-complete -c lunar -n '__fish_seen_subcommand_from train' -l backbone -s b -r -d 'custom | vgg11 | resnet18 | mobilenet_v3_large | any smp encoder'
+complete -c lunar -n '__fish_seen_subcommand_from train' -l backbone -s b -r -d 'custom | vgg11 | resnet18 | mobilenet_v3_large | efficientnet_lite0 | any smp encoder'
 complete -c lunar -n '__fish_seen_subcommand_from train' -l encoder-weights -r -d 'imagenet | none | PATH to local encoder weights'
 complete -c lunar -n '__fish_seen_subcommand_from train' -l init -r -d 'Start from a trained models weights: a checkpoint, run folder or builtin'
 complete -c lunar -n '__fish_seen_subcommand_from train' -l width -r -d 'Custom U-Net: filters at the top level'

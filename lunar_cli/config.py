@@ -99,7 +99,7 @@ class TrainConfig:
     """How a model is trained (``lunar train``)."""
 
     recipe: Recipe = "default"  # default: native-scale crops, CE+Dice, AdamW, warm-up + cosine (bench/RESULTS.md); seed: the study's
-    backbone: str = "custom"  # custom | vgg11 | resnet18 | mobilenet_v3_large | any smp encoder name
+    backbone: str = "custom"  # custom | vgg11 | resnet18 | mobilenet_v3_large | efficientnet_lite0 | any smp encoder name
     encoder_weights: str = "imagenet"  # imagenet | none | path to a local encoder weights file (custom: none)
     init: Union[str, None] = None  # start from a trained model's weights (fine-tuning): a checkpoint, run folder or builtin
     width: int = 16  # custom U-Net: filters at the top level, doubling at each pooling (the study's: 8)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from lunar_cli.console import LunarError
-from lunar_cli.models.registry import BACKBONES, build_model, normalization, smp_encoder_name
+from lunar_cli.models.registry import BACKBONES, build_model, friendly_name, normalization, smp_encoder_name
 from lunar_cli.models.unet import UNet
 from tests.conftest import make_dataset
 
@@ -32,7 +32,7 @@ def n_params(model: torch.nn.Module) -> int:
 @pytest.mark.parametrize(
     "backbone, size",
     # vgg11 is 18M parameters: 32x32 (its smallest input) keeps its backward pass quick.
-    [("custom", 64), ("vgg11", 32), ("resnet18", 64), ("mobilenet_v3_large", 64)],
+    [("custom", 64), ("vgg11", 32), ("resnet18", 64), ("mobilenet_v3_large", 64), ("efficientnet_lite0", 64)],
 )
 def test_every_backbone_builds_and_trains_one_step(backbone, size):
     torch.manual_seed(0)
@@ -53,7 +53,9 @@ def test_backbone_names():
     assert smp_encoder_name("ResNet18") == "resnet18"
     assert smp_encoder_name("mobilenet-v3-large") == "tu-mobilenetv3_large_100"
     assert smp_encoder_name("resnet34") == "resnet34"  # any smp encoder works
-    assert set(BACKBONES) == {"custom", "vgg11", "resnet18", "mobilenet_v3_large"}
+    assert smp_encoder_name("efficientnet-lite0") == "tu-tf_efficientnet_lite0"
+    assert friendly_name("tu-tf_efficientnet_lite0") == "efficientnet_lite0"
+    assert set(BACKBONES) == {"custom", "vgg11", "resnet18", "mobilenet_v3_large", "efficientnet_lite0"}
 
 
 def test_custom_default_is_about_a_tenth_of_a_million_parameters():
@@ -119,7 +121,7 @@ def test_unknown_backbone_lists_the_names():
     message = str(info.value)
     assert "'resnet81'" in message
     assert "did you mean 'resnet18'" in message
-    assert "custom, vgg11, resnet18, mobilenet_v3_large" in message
+    assert "custom, vgg11, resnet18, mobilenet_v3_large, efficientnet_lite0" in message
     assert "encoder name" in message
     assert "\n" not in message
     with pytest.raises(LunarError, match="timm has no model"):

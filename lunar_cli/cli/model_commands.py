@@ -39,7 +39,7 @@ from lunar_cli.config import CLASS_WEIGHT_MAX, command_config, flag_keys
 def train(
     backbone: Annotated[
         Optional[str],
-        typer.Option("--backbone", "-b", help=f"custom | vgg11 | resnet18 | mobilenet_v3_large | any smp encoder. {default_of('train.backbone')}"),
+        typer.Option("--backbone", "-b", help=f"custom | vgg11 | resnet18 | mobilenet_v3_large | efficientnet_lite0 | any smp encoder. {default_of('train.backbone')}"),
     ] = None,
     encoder_weights: Annotated[
         Optional[str],

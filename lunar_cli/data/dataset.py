@@ -59,7 +59,6 @@ class _Rows:
         seed: int = 0, rank: int = 0, world_size: int = 1, limit: int | None = None, resident: bool = False,
         prefetch: bool | None = None,
     ) -> None:  # fmt: skip
-
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
@@ -156,7 +155,6 @@ class CropLoader(_Rows):
         augment: AugmentConfig | None = None, mean: Sequence[float] = (0.0, 0.0, 0.0),
         std: Sequence[float] = (1.0, 1.0, 1.0), channels_last: bool = False, **rows,
     ) -> None:  # fmt: skip
-
         super().__init__(split, **rows)
         self.crop = crop
         self.zoom = (float(zoom[0]), float(zoom[1]))

@@ -1,10 +1,11 @@
 """Backbone name -> model: the custom U-Net, or a segmentation_models_pytorch Unet.
 
-The four names the study compared are in ``BACKBONES``; any other smp encoder name
-(``resnet34``, ``efficientnet-b0``, ``tu-<timm model>``...) works as well. Encoder
-weights are ``None`` (random init), ``"imagenet"`` (downloaded by smp) or a path to a
-local weights file, loaded offline into the encoder. Without a network, downloadable
-weights come from the Hugging Face cache or fail in seconds with one line.
+The four names the study compared, and EfficientNet-Lite0, are in ``BACKBONES``; any
+other smp encoder name (``resnet34``, ``efficientnet-b0``, ``tu-<timm model>``...) works
+as well. Encoder weights are ``None`` (random init), ``"imagenet"`` (downloaded by smp,
+or for EfficientNet-Lite0 read from a Python package: see ``packaged_weights``) or a
+path to a local weights file, loaded offline into the encoder. Without a network,
+downloadable weights come from the Hugging Face cache or fail in seconds with one line.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from lunar_cli.classes import NUM_CLASSES
 from lunar_cli.console import LunarError, first_line
+from lunar_cli.models.packaged_weights import has_packaged_imagenet, imagenet_classifier_state, load_packaged_imagenet
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +32,8 @@ BACKBONES: dict[str, str | None] = {
     "resnet18": "resnet18",
     # The native timm port; smp 0.6 removed its own "timm-mobilenetv3_large_100".
     "mobilenet_v3_large": "tu-mobilenetv3_large_100",
+    # Its ImageNet weights ship in a pip package, so "imagenet" works with no network.
+    "efficientnet_lite0": "tu-tf_efficientnet_lite0",
 }
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -132,8 +136,8 @@ def build_model(
 ) -> "torch.nn.Module":
     """Return a fresh segmentation model for ``backbone`` giving logits (N, num_classes, H, W).
 
-    ``encoder_weights``: None or "none" (random init), "imagenet" (smp downloads it), or
-    a path to a local encoder weights file. ``kwargs`` go to the model: ``base_width``,
+    ``encoder_weights``: None or "none" (random init), "imagenet" (smp downloads it; for
+    efficientnet_lite0 it ships in a package), or a path to a local encoder weights file. ``kwargs`` go to the model: ``base_width``,
     ``depth``, ``dropout``, ``in_channels`` for custom; ``smp.Unet`` arguments otherwise.
     """
     encoder = smp_encoder_name(backbone)
@@ -164,7 +168,7 @@ def _build_custom(num_classes: int, weights: str | Path | None, kwargs: dict[str
 def _build_smp_unet(
     encoder: str, num_classes: int, weights: str | Path | None, kwargs: dict[str, Any]
 ) -> "torch.nn.Module":
-    """Return ``smp.Unet`` on ``encoder``, with weights random, downloaded or from a file."""
+    """Return ``smp.Unet`` on ``encoder``, with weights random, downloaded, packaged or from a file."""
     import segmentation_models_pytorch as smp  # heavy: only when a network is built or its weights loaded
 
     if not encoder.startswith("tu-"):
@@ -177,7 +181,10 @@ def _build_smp_unet(
                 f"smp.Unet takes {', '.join(allowed)}"
             )
     download: str | bool | None = None
-    if isinstance(weights, str):
+    packaged = None  # the packaged ImageNet weights, read before the network is built
+    if weights == "imagenet" and has_packaged_imagenet(encoder):
+        packaged = imagenet_classifier_state(encoder)  # no hub involved: nothing to probe
+    elif isinstance(weights, str):
         if encoder.startswith("tu-"):
             if weights != "imagenet":
                 raise LunarError(f"encoder {encoder}: only 'imagenet' weights can be downloaded, not {weights!r}")
@@ -207,6 +214,13 @@ def _build_smp_unet(
         if download is None:
             raise
         raise LunarError(_no_weights_message(weights, encoder, offline or exc)) from exc
+    if encoder.startswith("tu-"):
+        from lunar_cli.models.same_padding import fix_same_padding  # torch: an nn.Module class, built only here
+
+        # TensorFlow ports pad "same" by the input size; constant for the sizes a U-Net takes.
+        fix_same_padding(model.encoder, model.encoder.output_stride, kwargs.get("in_channels", 3))
+    if packaged is not None:
+        load_packaged_imagenet(model.encoder, encoder, packaged)
     if isinstance(weights, Path):
         load_encoder_weights(model.encoder, weights, encoder)
     return model
