@@ -11,6 +11,7 @@ _lunar() {
         --backbone|-b) return ;;
         --batch-size) return ;;
         --cache-dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --calibration-frames) return ;;
         --checksum) return ;;
         --class-weights) return ;;
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -21,7 +22,9 @@ _lunar() {
         --device) return ;;
         --encoder-weights) return ;;
         --epochs) return ;;
+        --every) return ;;
         --format|-f) COMPREPLY=($(compgen -W "onnx torchscript" -- "$cur")); return ;;
+        --fps) return ;;
         --hazard-margin) return ;;
         --height) return ;;
         --image-size) return ;;
@@ -43,29 +46,32 @@ _lunar() {
         --real-count) return ;;
         --recipe) COMPREPLY=($(compgen -W "default seed" -- "$cur")); return ;;
         --resume) COMPREPLY=($(compgen -f -- "$cur")); return ;;
+        --runs) return ;;
         --runs-dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --sample) return ;;
         --scale) return ;;
         --scheduler) COMPREPLY=($(compgen -W "none cosine poly step plateau" -- "$cur")); return ;;
         --seed) return ;;
         --source|-s) return ;;
-        --split) return ;;
+        --split) COMPREPLY=($(compgen -W "train val test test_real" -- "$cur")); return ;;
         --test) return ;;
         --train) return ;;
         --val) return ;;
+        --warmup) return ;;
         --width) return ;;
         --workers) return ;;
     esac
     case "$cmd" in
-        "") COMPREPLY=($(compgen -W "fetch split eda train evaluate predict compare export --version -V --debug --help -h" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "fetch split eda train evaluate predict compare export benchmark --version -V --debug --help -h" -- "$cur")) ;;
         fetch) COMPREPLY=($(compgen -W "--source -s --data-dir --count --real-count --width --height --force --models --models-dir --checksum --seed --config -c --json --help -h" -- "$cur")) ;;
         split) COMPREPLY=($(compgen -W "--data-dir --train --val --test --mask-source --strict --seed --config -c --json --help -h" -- "$cur")) ;;
         eda) COMPREPLY=($(compgen -W "--data-dir --out -o --sample --mask-source --workers --seed --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         train) COMPREPLY=($(compgen -W "--backbone -b --encoder-weights --init --width --depth --epochs --batch-size --recipe --scale --crop-size --image-size --limit --patience --loss --class-weights --optimizer --lr --scheduler --name --exist-ok --resume --amp --no-amp --channels-last --no-channels-last --compile --deterministic --workers --cache-dir --seed --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         evaluate) COMPREPLY=($(compgen -W "--split --batch-size --tta --limit --workers --cache-dir --device --amp --no-amp --channels-last --no-channels-last --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
-        predict) COMPREPLY=($(compgen -W "--output -o --model -m --format -f --tile --overlap --hazard --hazard-margin --uncertainty --tta --batch-size --strict --device --amp --no-amp --channels-last --no-channels-last --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        predict) COMPREPLY=($(compgen -W "--output -o --model -m --format -f --tile --overlap --hazard --hazard-margin --uncertainty --tta --batch-size --strict --every --fps --device --amp --no-amp --channels-last --no-channels-last --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         compare) COMPREPLY=($(compgen -W "--out -o --images --cache-dir --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
-        export) COMPREPLY=($(compgen -W "--output -o --format -f --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        export) COMPREPLY=($(compgen -W "--output -o --format -f --int8 --calibration-frames --data-dir --cache-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        benchmark) COMPREPLY=($(compgen -W "--split --runs --warmup --batch-size --calibration-frames --limit --workers --cache-dir --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
     esac
 }
 complete -o default -F _lunar lunar

@@ -152,6 +152,8 @@ class PredictConfig:
     tta: bool = False  # test-time augmentation: average the probabilities of the photo and its mirror image
     batch_size: int = 8  # images (or tiles) per forward pass
     strict: bool = False  # stop at the first image that fails instead of skipping it
+    every: int = 1  # videos and folders of numbered frames: predict every Nth frame only
+    fps: Union[float, None] = None  # frame rate of a folder of numbered frames, for their time stamps; null: none (an overlay video plays at 30); a video has its own
 
 
 @dataclass
@@ -159,6 +161,18 @@ class ExportConfig:
     """Writing a model for deployment (``lunar export``)."""
 
     format: ExportFormat = "onnx"  # onnx (ONNX Runtime, torch-free lunar predict) or torchscript
+    int8: bool = False  # onnx: statically quantised to int8 (about 4x smaller, faster on CPUs), calibrated on val frames
+    calibration_frames: int = 32  # int8: frames of the val split (or rendered scenes without data) that fix the ranges
+
+
+@dataclass
+class BenchmarkConfig:
+    """Each form of a model (PyTorch fp32, bf16, ONNX fp32, int8) timed and scored (``lunar benchmark``)."""
+
+    split: SplitName = "test"  # split the mIoU of each form is scored on
+    runs: int = 10  # timed runs per form after the warm-up (the median is reported)
+    warmup: int = 2  # untimed runs first (allocations, caches, one-off compilation)
+    batch_size: int = 4  # frames per pass for images/s (ms per frame is timed one frame at a time)
 
 
 @dataclass
@@ -187,6 +201,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
 
 
@@ -209,6 +224,9 @@ LIMITS: dict[str, tuple[float, float]] = {
     "eda.sample": (1, 1_000_000_000),
     "evaluate.batch_size": (1, 1024), "evaluate.grid": (0, 32),
     "predict.tile_overlap": (0, 0.875), "predict.hazard_margin": (0, 10_000), "predict.batch_size": (1, 1024),
+    "predict.every": (1, 1_000_000), "predict.fps": (0.01, 10_000),
+    "export.calibration_frames": (1, 10_000),
+    "benchmark.runs": (1, 10_000), "benchmark.warmup": (0, 1000), "benchmark.batch_size": (1, 1024),
     "compare.images": (1, 64),
 }
 CLASS_WEIGHT_MAX = 10_000.0
@@ -264,6 +282,8 @@ def validate(cfg: Config) -> None:
         if not all(0 <= w <= CLASS_WEIGHT_MAX for w in weights) or not any(w > 0 for w in weights):
             raise LunarError(f"config key 'train.class_weights': each weight 0 to {CLASS_WEIGHT_MAX:g}, at least "
                              f"one above 0, got {weights}")  # fmt: skip
+    if cfg.export.int8 and cfg.export.format != "onnx":
+        raise LunarError(f"config key 'export.int8': int8 is for ONNX files, not export.format {cfg.export.format!r}")
     if not cfg.evaluate.splits:
         raise LunarError("config key 'evaluate.splits': name at least one split")
 
@@ -274,7 +294,7 @@ def validate(cfg: Config) -> None:
 COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
     "fetch": ("fetch", ""), "split": ("split", ""), "eda": ("eda", "split", "data", ""),
     "train": ("train", "data", ""), "evaluate": ("evaluate", "data", ""), "predict": ("predict", ""),
-    "compare": ("compare", "data", ""), "export": ("export", ""),
+    "compare": ("compare", "data", ""), "export": ("export", "data", ""), "benchmark": ("benchmark", "export", "data", ""),
 }
 
 

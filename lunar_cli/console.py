@@ -103,11 +103,29 @@ def print_json(payload: Any) -> None:
     sys.stdout.flush()
 
 
-def track(items: Iterable[T], description: str, total: int | None = None, quiet: bool = False) -> Iterator[T]:
-    """Yield ``items`` while showing a rich progress bar on stderr (plain when not a terminal)."""
+def track(items: Iterable[T], description: str, total: int | None = None, quiet: bool = False,
+          unit: str | None = None) -> Iterator[T]:  # fmt: skip
+    """Yield ``items`` while showing a rich progress bar on stderr (plain when not a terminal).
+
+    With ``unit`` ("frames") the bar also counts them and shows how many a second go by.
+    """
     if quiet or not stderr().is_terminal:
         yield from items
         return
-    from rich.progress import track as rich_track  # rich loads on first output, not for lunar --help
+    from rich import progress  # rich loads on first output, not for lunar --help
 
-    yield from rich_track(items, description=description, total=total, console=stderr(), transient=True)
+    if unit is None:
+        yield from progress.track(items, description=description, total=total, console=stderr(), transient=True)
+        return
+
+    class Rate(progress.ProgressColumn):
+        def render(self, task: Any) -> Any:
+            return progress.Text(f"{task.speed:.1f} {unit}/s" if task.speed else f"- {unit}/s")
+
+    columns = (progress.TextColumn("{task.description}"), progress.BarColumn(), progress.MofNCompleteColumn(),
+               Rate(), progress.TimeElapsedColumn(), progress.TimeRemainingColumn())  # fmt: skip
+    with progress.Progress(*columns, console=stderr(), transient=True) as bar:
+        task = bar.add_task(description, total=total)
+        for item in items:
+            yield item
+            bar.advance(task)

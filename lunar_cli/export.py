@@ -9,11 +9,14 @@ metadata (ONNX metadata_props "lunar", or TorchScript extra file "lunar.json").
 
 After writing, the file is run on rendered sample scenes and compared with the PyTorch
 model: the largest probability difference and the share of pixels whose class agrees.
+With ``int8`` the ONNX file is statically quantised (``lunar_cli.quantize``) and checked
+against PyTorch the same way.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from lunar_cli.frames import normalize, pad_frames
 from lunar_cli.model_files import find_model
 from lunar_cli.onnx_model import FORMAT, load_onnx
 from lunar_cli.postprocess import class_map, probabilities
+from lunar_cli.quantize import calibration_set, quantize_onnx
 from lunar_cli.rundir import run_files
 from lunar_cli.torch_model import TorchModel, channel_stats, load_model
 
@@ -118,8 +122,17 @@ def compare_with_pytorch(model: TorchModel, out: Path, fmt: str, sample: np.ndar
     return float(np.abs(p - q).max()), float((class_map(p) == class_map(q)).mean())
 
 
-def export_model(source: Path | str, out: Path, fmt: str = "onnx", runs_dir: Path = Path("runs")) -> dict:
-    """Write the model at ``source`` (checkpoint, run folder or builtin) to ``out`` as ``fmt``; check it; return what was done."""
+def export_model(
+    source: Path | str, out: Path, fmt: str = "onnx", runs_dir: Path = Path("runs"), *, int8: bool = False,
+    data_dir: Path = Path("data"), cache_dir: Path | None = None, calibration_frames: int = 32,
+) -> dict:  # fmt: skip
+    """Write the model at ``source`` (checkpoint, run folder or builtin) to ``out`` as ``fmt``; check it; return what was done.
+
+    ``int8`` (ONNX only): statically quantised, calibrated on ``calibration_frames`` frames of
+    the val split in ``data_dir`` (rendered scenes when it has none); see ``lunar_cli.quantize``.
+    """
+    if int8 and fmt != "onnx":
+        raise LunarError(f"--int8 is for ONNX files (ONNX Runtime's quantisation), not {fmt}; use --format onnx")
     checkpoint, _ = find_model(source, runs_dir)
     out = Path(out)
     refuse_overwrite([out], [checkpoint, *run_files(checkpoint.parent)], "a file of the model it exports",
@@ -130,19 +143,30 @@ def export_model(source: Path | str, out: Path, fmt: str = "onnx", runs_dir: Pat
         raise LunarError(f"{out.parent}: no such folder; create it or choose another -o")
     model = load_model(checkpoint, "cpu", amp=False, channels_last=False)  # fp32, the exported precision
     meta, sample = exported_meta(model), sample_frames(model)
-    info(f"exporting {checkpoint} ({model.spec.backbone}) to {out} ({fmt})")
+    info(f"exporting {checkpoint} ({model.spec.backbone}) to {out} ({fmt}{', int8' if int8 else ''})")
+    quantization = None
     try:
         with atomic_path(out) as tmp:
             write = _write_onnx if fmt == "onnx" else _write_torchscript
-            write(ExportedGraph(model).eval(), meta, model.spec.pad_multiple, tmp)
+            if int8:
+                frames, source = calibration_set(model.spec, data_dir, cache_dir, calibration_frames)
+                with tempfile.TemporaryDirectory(prefix="lunar-export-") as work:
+                    fp32 = Path(work) / "fp32.onnx"
+                    write(ExportedGraph(model).eval(), meta, model.spec.pad_multiple, fp32)
+                    quantization = quantize_onnx(fp32, tmp, frames, model.spec.pad_multiple, meta, source)
+            else:
+                write(ExportedGraph(model).eval(), meta, model.spec.pad_multiple, tmp)
     except PermissionError as exc:
         raise LunarError(f"{out.parent}: not writable ({exc.strerror}); choose another -o") from exc
     diff, agree = compare_with_pytorch(model, out, fmt, sample)
-    return {"model": str(checkpoint), "output": str(out), "format": fmt, "bytes": out.stat().st_size,
-            "frames_checked": len(sample), "max_probability_difference": diff, "class_agreement": agree,
-            "metadata": meta}  # fmt: skip
+    return {"model": str(checkpoint), "output": str(out), "format": fmt, "precision": "int8" if int8 else "fp32",
+            "bytes": out.stat().st_size, "frames_checked": len(sample), "max_probability_difference": diff,
+            "class_agreement": agree, "metadata": meta,
+            **({"quantization": quantization} if quantization else {})}  # fmt: skip
 
 
 def export_command(cfg: Config, model: Path | str, output: Path) -> dict:
     """Do what ``lunar export`` was asked: write ``model`` (found under ``cfg.runs_dir``) to ``output``."""
-    return export_model(model, output, cfg.export.format, runs_dir=cfg.runs_dir)
+    e = cfg.export
+    return export_model(model, output, e.format, runs_dir=cfg.runs_dir, int8=e.int8, data_dir=cfg.data_dir,
+                        cache_dir=cfg.data.cache_dir, calibration_frames=e.calibration_frames)  # fmt: skip

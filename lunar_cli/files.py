@@ -19,17 +19,18 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
+def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success rename it onto ``path``.
 
     On any error the temporary file is removed and ``path`` keeps its old content.
+    ``suffix`` ends the temporary name (a writer that picks its format by the name needs ``path``'s own).
     """
     path = Path(path)
     if path.is_dir():
         raise LunarError(f"{path}: is a directory; give a file path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     except OSError as exc:
         raise LunarError(f"{path}: cannot write here ({exc.strerror}); choose another location") from exc
     os.close(fd)

@@ -47,8 +47,8 @@ class OnnxModel:
         return out[:, :, top : top + h, left : left + w]
 
     def runs_on(self) -> dict[str, str]:
-        """Return where and how the model runs, for records: ONNX Runtime on the CPU, as exported (fp32)."""
-        return {"device": "cpu", "precision": "fp32", "layout": "onnxruntime"}
+        """Return where and how the model runs, for records: ONNX Runtime on the CPU, as exported (fp32, or int8)."""
+        return {"device": "cpu", "precision": str(self.spec.meta.get("precision", "fp32")), "layout": "onnxruntime"}
 
 
 def read_metadata(path: Path, session: Any) -> dict:

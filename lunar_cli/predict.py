@@ -1,11 +1,15 @@
-"""lunar predict: class masks for new photos (files, folders, glob patterns or a list on stdin).
+"""lunar predict: class masks for new photos and videos (files, folders, glob patterns or a list on stdin).
 
-Reads top to bottom: ``collect_inputs`` -> ``plan_outputs`` -> ``predictor.load_predictor``
--> ``_predict_share`` (``predictor.model_passes``, ``postprocess.finish``,
-``predictor.photo_summary``) -> ``run_predict``. Photos are read and decoded ahead of the model, and
-their maps finished and written behind it, in a thread pool sized to the cores (OpenCV
-and NumPy release the GIL), so neither the model nor the disk waits on the other; records
-stay in input order. Preprocessing comes only from the model file (its scale,
+Reads top to bottom: ``collect_inputs`` -> ``describe_inputs`` -> ``plan_outputs`` (or
+``plan_video_output``) -> ``predictor.load_predictor`` -> ``_predict_share``
+(``predictor.model_passes``, ``postprocess.finish``, ``predictor.photo_summary``) ->
+``run_predict``. The inputs become one stream of frames (``predict_stream.frame_jobs``: a
+photo is a frame; a video, or a folder of numbered frames, gives one per sampled frame,
+each with its frame number and time stamp). Frames are read and decoded ahead of the
+model, and their maps finished and written behind it, in a thread pool sized to the
+cores (OpenCV and NumPy release the GIL), so neither the model nor the disk waits on the
+other; both queues are bounded, so a long video takes no more memory than a short one.
+Records stay in input order, frame by frame. Preprocessing comes only from the model file (its scale,
 normalisation); logits are upsampled back to the photo's own size, so masks match the
 photo pixel for pixel. An exported ``.onnx`` model runs in ONNX Runtime and torch is
 never imported. Under torchrun each rank predicts its share of the inputs.
@@ -19,35 +23,54 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import cv2
 import numpy as np
 
 from lunar_cli.config import Config, PredictConfig
 from lunar_cli.console import LunarError, first_line, info, track, warn
-from lunar_cli.data.probe import MAX_TILED_PIXELS
-from lunar_cli.frames import model_scale_frames
+from lunar_cli.data.probe import MAX_PIXELS, MAX_TILED_PIXELS
 from lunar_cli.model_files import describe_choice, find_model
 from lunar_cli.parallel import cpu_cores
 from lunar_cli.postprocess import finish
-from lunar_cli.predict_files import collect_inputs, plan_outputs, read_photo, write_outputs
+from lunar_cli.predict_files import (collect_inputs, describe_inputs, output_images, plan_outputs, plan_video_output,
+                                     write_outputs)  # fmt: skip
+from lunar_cli.predict_stream import FrameJob, expected_frames, frame_jobs, read_frame, video_outputs
 from lunar_cli.predictor import Predictor, load_predictor, model_passes, photo_summary, tiled_logits
 from lunar_cli.rundir import run_files
 from lunar_cli.runtime import Dist, broadcast, setup_distributed, teardown_distributed
+from lunar_cli.video import DEFAULT_FPS, VideoSink, is_video
 
 
-def _make_plan(inputs, output, model, runs_dir, fmt, extras) -> dict[str, Any]:
-    """Return the whole job as plain values (inputs, output files, model, problems), for rank 0 to share."""
-    paths, problems = collect_inputs(inputs)
+def _make_plan(inputs, output: Path, model, runs_dir, options: PredictConfig, extras) -> dict[str, Any]:
+    """Return the whole job as plain values (inputs, what each is, output files, model, problems), for rank 0 to share."""
+    paths, problems, sequences = collect_inputs(inputs)
     if not paths:
-        if problems:
-            raise LunarError(problems[0]["reason"] + ("" if len(problems) == 1 else f" (and {len(problems) - 1} more)"))
-        raise LunarError(f"no images found in {' '.join(inputs)}: give image files, folders or patterns")
+        _refuse(problems, inputs)
+    paths, sources, unreadable = describe_inputs(paths, sequences, options.every, options.fps,
+                                                 MAX_TILED_PIXELS if options.tile else MAX_PIXELS)  # fmt: skip
+    problems += unreadable
+    if not paths:
+        _refuse(problems, inputs)
     model_path, how = find_model(model, runs_dir)
-    plan = plan_outputs(paths, output, fmt, extras, [model_path, *run_files(model_path.parent)])
-    return {"inputs": [str(p) for p in paths], "targets": plan, "problems": problems,
-            "model": str(model_path), "how": how}  # fmt: skip
+    model_files = [model_path, *run_files(model_path.parent)]
+    video_out = None
+    if is_video(output):
+        targets = [plan_video_output(output, options.format, extras, paths, sequences, model_files)] * len(paths)
+        fps = sources[0]["fps"] if sources[0]["kind"] == "video" else options.fps or DEFAULT_FPS
+        video_out = {"fps": fps / options.every}  # the video plays in real time
+    else:
+        targets = plan_outputs(paths, output, options.format, extras, model_files)
+    return {"inputs": [str(p) for p in paths], "sources": sources, "targets": targets, "video_out": video_out,
+            "problems": problems, "model": str(model_path), "how": how}  # fmt: skip
+
+
+def _refuse(problems: list[dict[str, str]], inputs: list[str]) -> None:
+    """Raise the LunarError of a job left with nothing to predict."""
+    if problems:
+        raise LunarError(problems[0]["reason"] + ("" if len(problems) == 1 else f" (and {len(problems) - 1} more)"))
+    raise LunarError(f"no images found in {' '.join(inputs)}: give image or video files, folders or patterns")
 
 
 def _shared_plan(dist, make) -> dict[str, Any]:
@@ -70,10 +93,11 @@ def run_predict(
     inputs: list[str], *, output: Path | None, model: Path | None, runs_dir: Path, options: "PredictConfig",
     device: str = "auto", amp: bool | None = None, channels_last: bool | None = None, progress: bool = True,
 ) -> dict:  # fmt: skip
-    """Predict masks for the inputs; return {"model":..., "records": [...], "failed": [...], "written": n}.
+    """Predict masks for the inputs; return {"model", "records", "failed", "written", "seconds", "frames_per_second"}.
 
-    Each record: input, output files, width, height, class_fractions, seconds (and hazard,
-    uncertainty and out_of_distribution when asked). Files that cannot be read are warned
+    Each record: input (and frame, time_s for frames of a video or numbered sequence),
+    output files, width, height, class_fractions, seconds (and hazard, uncertainty and
+    out_of_distribution when asked). Files that cannot be read are warned
     about, skipped and listed in ``failed``; with ``options.strict`` the first one stops
     the batch with a LunarError (outputs already written stay). Under torchrun rank 0
     returns every rank's records, in input order; other ranks return their own. ``output``
@@ -86,10 +110,12 @@ def run_predict(
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         if Path(str(model)).suffix.lower() == ".onnx":
             raise LunarError(f"{model}: an ONNX model runs in one process; run lunar predict without torchrun")
+        if is_video(output):
+            raise LunarError(f"{output}: one video is written by one process; run lunar predict without torchrun")
         dist, where = setup_distributed(device)  # this rank's own GPU
     extras = [name for name, on in (("hazard", options.hazard), ("uncertainty", options.uncertainty)) if on]
     try:
-        plan = _shared_plan(dist, lambda: _make_plan(inputs, output, model, runs_dir, options.format, extras))
+        plan = _shared_plan(dist, lambda: _make_plan(inputs, output, model, runs_dir, options, extras))
         said = describe_choice(Path(plan["model"]), plan["how"], runs_dir)
         if dist.is_main and said:
             info(said)
@@ -104,6 +130,7 @@ def run_predict(
                 "--uncertainty needs it: train the model again, or leave --uncertainty out"
             )
         jobs = list(range(len(plan["inputs"])))[dist.rank :: dist.world_size]
+        start = time.perf_counter()
         done, failed = _predict_share(loaded, plan, jobs, options, progress=progress and dist.is_main)
         everyone_failed = failed
         if dist.enabled:
@@ -112,11 +139,13 @@ def run_predict(
             first = min(everyone_failed, key=lambda f: f["order"])
             raise LunarError(f"{first['reason']} (--strict: stopped; outputs already written are kept)")
         failed = (plan["problems"] if dist.is_main else []) + [
-            {"input": f["input"], "reason": f["reason"]} for f in sorted(failed, key=lambda f: f["order"])
+            {key: f[key] for key in ("input", "frame", "reason") if key in f} for f in sorted(failed, key=lambda f: f["order"])
         ]
         records = [record for _, record in sorted(done, key=lambda pair: pair[0])]
+        seconds = time.perf_counter() - start
         return {"model": plan["model"], "records": records, "failed": failed,
-                "written": sum(len(r["output"]) for r in records)}  # fmt: skip
+                "written": len({f for r in records for f in r["output"]}),  # frames of one video share its file
+                "seconds": round(seconds, 3), "frames_per_second": round(len(records) / max(seconds, 1e-9), 3)}
     finally:
         teardown_distributed(dist)
 
@@ -143,29 +172,26 @@ def _gather(dist, done: list, failed: list) -> tuple[list, list, list]:
     return [pair for rank_done, _ in everything for pair in rank_done], everyone_failed, everyone_failed
 
 
-def _read(path: str, model: Predictor, tile: bool) -> tuple[np.ndarray, str | None, np.ndarray | None, float]:
-    """Return (photo, conversion note, photo at the model's scale or None when tiled, seconds): the reader threads' job."""
-    start = time.perf_counter()
-    photo, note = read_photo(Path(path), MAX_TILED_PIXELS if tile else None)
-    small = None if tile else model_scale_frames(model.spec.frame_size, [photo])[0]
-    return photo, note, small, time.perf_counter() - start
-
-
 def _finish(
-    model: Predictor, plan: dict[str, Any], job: int, photo: np.ndarray, passes: list[np.ndarray],
-    options: PredictConfig, seconds: float,
-) -> tuple[int, dict]:  # fmt: skip
-    """Turn one photo's logits into its maps, write them, and return (job, its record): the writer threads' job."""
+    model: Predictor, job: FrameJob, photo: np.ndarray, passes: list[np.ndarray], options: PredictConfig,
+    seconds: float, videos: dict[str, VideoSink],
+) -> tuple[tuple[int, int], dict]:  # fmt: skip
+    """Turn one frame's logits into its maps, write them (or add them to the videos), and return (order, its record)."""
     start = time.perf_counter()
     height, width = photo.shape[:2]
     outputs = finish(passes, height, width, model.spec.temperature, probs=options.format == "probs",
                      uncertainty=options.uncertainty)  # fmt: skip
     summary, hazard_maps = photo_summary(model.spec, outputs, options.hazard_margin if options.hazard else None)
-    files = write_outputs(plan["targets"][job], options.format, photo, outputs, model.spec.class_names, summary,
-                          hazard_maps)  # fmt: skip
-    record = {"input": plan["inputs"][job], "output": files, "width": width, "height": height, **summary,
+    if videos:
+        images = output_images(job.targets, options.format, photo, outputs, summary, hazard_maps)
+        for key, sink in videos.items():
+            sink.put(job.seq, images[key])
+        files = [job.targets[key] for key in videos]
+    else:
+        files = write_outputs(job.targets, options.format, photo, outputs, model.spec.class_names, summary, hazard_maps)
+    record = {"input": job.input, **job.about, "output": files, "width": width, "height": height, **summary,
               **model.runs_on(), "seconds": round(seconds + time.perf_counter() - start, 4)}  # fmt: skip
-    return job, record
+    return job.order, record
 
 
 @contextlib.contextmanager
@@ -179,32 +205,59 @@ def _one_cv2_thread_each():
         cv2.setNumThreads(before)
 
 
-def _failure(path: str, job: int, exc: BaseException, doing: str, say: bool) -> dict[str, Any]:
-    """Return the failure record of one input (and warn in one line unless --strict, whose error says it)."""
-    reason = first_line(exc, 1000) if isinstance(exc, LunarError) else f"{path}: {doing} ({first_line(exc)})"
+def _failure(path: str, order: tuple[int, int], exc: BaseException | str, doing: str, say: bool,
+             frame: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Return the failure record of one input or frame (and warn in one line unless --strict, whose error says it)."""
+    if isinstance(exc, str):
+        reason = exc
+    else:
+        what = path if frame is None else f"{path} frame {frame}"
+        reason = first_line(exc, 1000) if isinstance(exc, LunarError) else f"{what}: {doing} ({first_line(exc)})"
     if say:
         warn(reason)
-    return {"input": path, "reason": reason, "order": job}
+    return {"input": path, "reason": reason, "order": order, **({} if frame is None else {"frame": frame})}
+
+
+READ_ERRORS = (LunarError, cv2.error, OSError)  # what a bad file or frame raises; anything else is a bug
 
 
 def _predict_share(
     model: Predictor, plan: dict[str, Any], jobs: list[int], options: PredictConfig, *, progress: bool,
-) -> tuple[list[tuple[int, dict]], list[dict[str, Any]]]:  # fmt: skip
+) -> tuple[list[tuple[tuple[int, int], dict]], list[dict[str, Any]]]:  # fmt: skip
     """Predict the inputs numbered ``jobs``, reading ahead and writing behind in a thread pool.
 
-    Returns ([(job, record)], failures). The model runs here, on batches of same-size photos.
+    Returns ([(order, record)], failures). The model runs here, on batches of same-size
+    frames; at most ``depth`` frames are read ahead and ``depth`` wait to be written, so
+    memory stays flat however many frames a video has.
     """
     cores = cpu_cores()
+    depth = 2 * options.batch_size + cores  # enough read-ahead to keep the model busy
     failed: list[dict[str, Any]] = []
-
-    def fail(job: int, exc: BaseException, doing: str) -> None:
-        failed.append(_failure(plan["inputs"][job], job, exc, doing, say=not options.strict))
-
+    done: list[tuple[tuple[int, int], dict]] = []
     said: set[str] = set()
-    writes = []
-    pending: list[tuple[int, np.ndarray, np.ndarray, float]] = []  # (job, photo, at the model's scale, seconds)
 
-    with _one_cv2_thread_each(), ThreadPoolExecutor(max(2, cores), thread_name_prefix="lunar-io") as pool:
+    def fail(order: tuple[int, int], path: str, exc: BaseException | str, doing: str = "cannot read") -> None:
+        frame = order[1] if plan["sources"][order[0]]["kind"] == "video" else None
+        failed.append(_failure(path, order, exc, doing, not options.strict, frame))
+
+    # The videos close after the pool: every frame a thread still finishes reaches them first.
+    with _one_cv2_thread_each(), video_outputs(plan) as videos, \
+            ThreadPoolExecutor(max(2, cores), thread_name_prefix="lunar-io") as pool:  # fmt: skip
+        writes: deque = deque()
+        pending: list[tuple[FrameJob, np.ndarray, np.ndarray, float]] = []  # (job, photo, at the model's scale, seconds)
+
+        def settle(job: FrameJob, future) -> None:
+            try:
+                done.append(future.result())
+            except READ_ERRORS as exc:  # a map that cannot be written fails its frame alone
+                fail(job.order, job.input, exc, "cannot write its outputs")
+                for sink in videos.values():
+                    sink.skip(job.seq)
+
+        def finish_later(job: FrameJob, photo: np.ndarray, passes: list[np.ndarray], seconds: float) -> None:
+            writes.append((job, pool.submit(_finish, model, job, photo, passes, options, seconds, videos)))
+            while writes and (len(writes) > depth or writes[0][1].done()):  # the oldest first: records in order
+                settle(*writes.popleft())
 
         def flush() -> None:
             if not pending:
@@ -213,54 +266,73 @@ def _predict_share(
             passes = model_passes(model, np.stack([small for _, _, small, _ in pending]), options.tta)
             share = (time.perf_counter() - start) / len(pending)
             for i, (job, photo, _, seconds) in enumerate(pending):
-                writes.append((job, pool.submit(_finish, model, plan, job, photo, [p[i] for p in passes], options,
-                                                seconds + share)))  # fmt: skip
+                finish_later(job, photo, [p[i] for p in passes], seconds + share)
             pending.clear()
 
-        ahead = deque()
-        queue = iter(jobs)
-
-        def read_next() -> None:
-            job = next(queue, None)
-            if job is not None:
-                ahead.append((job, pool.submit(_read, plan["inputs"][job], model, options.tile)))
-
-        for _ in range(2 * options.batch_size + cores):  # enough read-ahead to keep the model busy
-            read_next()
-        for _ in track(range(len(jobs)), "predicting", total=len(jobs), quiet=not progress):
-            job, future = ahead.popleft()
-            read_next()
-            path = plan["inputs"][job]
-            try:
-                photo, note, small, seconds = future.result()
-            except (LunarError, cv2.error, OSError) as exc:
-                fail(job, exc, "cannot read")
-                if options.strict:
+        stream = frame_jobs(plan, jobs, options.every, options.format, fail)
+        with contextlib.closing(_read_ahead(stream, pool, model, options, depth)) as ready:
+            total = expected_frames(plan, jobs, options.every)
+            for job, future in track(ready, "predicting", total=total, quiet=not progress, unit="frames"):
+                if options.strict and failed:
                     break
-                continue
-            if note and note not in said:
-                said.add(note)
-                warn(f"{path}: {note} photo, converted to 8-bit RGB (said once for all such photos)")
-            if options.tile:
-                start = time.perf_counter()
-                logits = tiled_logits(model, photo, options.tile_overlap, options.batch_size)
-                writes.append((job, pool.submit(_finish, model, plan, job, photo, [logits], options,
-                                                seconds + time.perf_counter() - start)))  # fmt: skip
-                continue
-            if small.shape[0] * small.shape[1] > 64 * model.spec.window**2 and "large" not in said:
-                said.add("large")
-                info(f"{path} is {photo.shape[1]}x{photo.shape[0]} ({small.shape[1]}x{small.shape[0]} at the "
-                     "model's scale): --tile bounds the memory it takes")  # fmt: skip
-            if pending and pending[0][2].shape != small.shape:  # a batch holds photos of one size
-                flush()
-            pending.append((job, photo, small, seconds))
-            if len(pending) >= options.batch_size:
-                flush()
+                batch = _take(model, job, future, fail, videos, said)
+                if batch is None:
+                    continue
+                photo, small, seconds = batch
+                if small is None:  # tiled: the windows are the batch
+                    start = time.perf_counter()
+                    logits = tiled_logits(model, photo, options.tile_overlap, options.batch_size)
+                    finish_later(job, photo, [logits], seconds + time.perf_counter() - start)
+                    continue
+                if pending and pending[0][2].shape != small.shape:  # a batch holds frames of one size
+                    flush()
+                pending.append((job, photo, small, seconds))
+                if len(pending) >= options.batch_size:
+                    flush()
         flush()
-        done = []
-        for job, future in writes:  # a mask that cannot be written fails its photo alone
-            try:
-                done.append(future.result())
-            except (LunarError, cv2.error, OSError) as exc:
-                fail(job, exc, "cannot write its outputs")
+        while writes:
+            settle(*writes.popleft())
     return done, failed
+
+
+def _read_ahead(stream: Iterator[FrameJob], pool: ThreadPoolExecutor, model: Predictor, options: PredictConfig,
+                depth: int) -> Iterator[tuple[FrameJob, Any]]:  # fmt: skip
+    """Yield (job, future of its read frame) in order, keeping ``depth`` frames being read ahead in ``pool``."""
+    ahead: deque = deque()
+
+    def read_next() -> None:
+        job = next(stream, None)
+        if job is not None:
+            ahead.append((job, pool.submit(read_frame, job, model.spec.frame_size, options.tile)))
+
+    try:
+        for _ in range(depth):
+            read_next()
+        while ahead:
+            item = ahead.popleft()
+            read_next()
+            yield item
+    finally:
+        stream.close()
+
+
+def _take(model: Predictor, job: FrameJob, future, fail, videos: dict[str, VideoSink], said: set[str]):
+    """Return (photo, at the model's scale or None when tiled, seconds) of a read frame, or None when it failed.
+
+    Says once per kind of photo what was converted (noted in ``said``), and once that a very large frame is better tiled.
+    """
+    try:
+        photo, note, small, seconds = future.result()
+    except READ_ERRORS as exc:
+        fail(job.order, job.input, exc, "cannot read")
+        for sink in videos.values():
+            sink.skip(job.seq)
+        return None
+    if note and note not in said:
+        said.add(note)
+        warn(f"{job.input}: {note} photo, converted to 8-bit RGB (said once for all such photos)")
+    if small is not None and small.shape[0] * small.shape[1] > 64 * model.spec.window**2 and "large" not in said:
+        said.add("large")
+        info(f"{job.input} is {photo.shape[1]}x{photo.shape[0]} ({small.shape[1]}x{small.shape[0]} at the "
+             "model's scale): --tile bounds the memory it takes")  # fmt: skip
+    return photo, small, seconds

@@ -20,41 +20,48 @@ from lunar_cli.console import LunarError, warn
 from lunar_cli.files import atomic_path, refuse_overwrite
 from lunar_cli.hazard import hazard_image
 from lunar_cli.postprocess import Outputs
+from lunar_cli.video import DEFAULT_FPS, VIDEO_SUFFIXES, is_video, numbered_order, probe_video
 
 FORMATS = {"rgb": ".png", "index": ".png", "overlay": "_overlay.png", "probs": ".npz"}
 # Maps written beside the mask when asked for -> what is appended to the output's base name.
 EXTRAS = {"hazard": "_hazard.png", "uncertainty": "_uncertainty.png"}
 OVERLAY_ALPHA = 0.5
+INPUT_SUFFIXES = IMAGE_SUFFIXES + VIDEO_SUFFIXES
+FRAME_DIGITS = 6  # a video's frame number in its mask names: <video stem>_000123.png
 
 
-def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[dict[str, str]]]:
-    """Return (image paths in order, problems) for files, folders, glob patterns and ``-`` (paths on stdin).
+def collect_inputs(inputs: list[str]) -> tuple[list[Path], list[dict[str, str]], list[list[Path]]]:
+    """Return (image and video paths in order, problems, numbered sequences) for files, folders, globs and ``-``.
 
-    Folders give their images (not recursive, sorted); a pattern is expanded only when
-    no such path exists. A path that does not exist is a problem, not an error, so one
-    bad line in a long list does not stop the batch. The same file twice counts once.
+    Folders give their images and videos (not recursive, sorted; a folder of numbered
+    frames, ``video.numbered_order``, in the order of their numbers, and listed among the
+    sequences); a pattern is expanded only when no such path exists; ``-`` reads paths
+    from stdin. A path that does not exist is a problem, not an error, so one bad line in
+    a long list does not stop the batch. The same file twice counts once.
     """
     paths: list[Path] = []
     problems: list[dict[str, str]] = []
+    sequences: list[list[Path]] = []
     for arg in inputs:
         if arg == "-":
             lines = sys.stdin.read().splitlines()
             # Lines are literal paths: `find` output may hold [ or * in names.
             for line in (s.strip() for s in lines):
                 if line:
-                    _add_literal(Path(line), paths, problems)
+                    _add_literal(Path(line), paths, problems, sequences)
         elif _exists(Path(arg)) or not glob.has_magic(arg):
-            _add_literal(Path(arg), paths, problems)
+            _add_literal(Path(arg), paths, problems, sequences)
         else:
             matches = sorted(Path(m) for m in glob.glob(arg, recursive=True))
-            images = [m for m in matches if m.is_file() and m.suffix.lower() in IMAGE_SUFFIXES]
+            images = [m for m in matches if m.is_file() and m.suffix.lower() in INPUT_SUFFIXES]
             if not images:
-                problems.append({"input": arg, "reason": f"{arg}: no image files match this pattern"})
+                problems.append({"input": arg, "reason": f"{arg}: no image or video files match this pattern"})
             paths.extend(images)
     unique: dict[Path, Path] = {}
     for p in paths:
         unique.setdefault(p.resolve(), p)
-    return list(unique.values()), problems
+    kept = set(map(id, unique.values()))  # the path objects kept: a sequence given twice is one sequence
+    return list(unique.values()), problems, [seq for seq in sequences if all(id(p) in kept for p in seq)]
 
 
 def _exists(path: Path) -> bool:
@@ -73,8 +80,11 @@ def _problem(path: Path, exc: OSError) -> dict[str, str]:
     return {"input": str(path), "reason": f"{path}: {why}"}
 
 
-def _add_literal(path: Path, paths: list[Path], problems: list[dict[str, str]]) -> None:
-    """Append ``path`` (a file) or the images in it (a folder); note it, or a folder entry it cannot use, as a problem."""
+def _add_literal(path: Path, paths: list[Path], problems: list[dict[str, str]], sequences: list[list[Path]]) -> None:
+    """Append ``path`` (a file) or the images and videos in it (a folder); note it, or an entry it cannot use, as a problem.
+
+    A folder's images that are one numbered sequence come in the order of their numbers and are added to ``sequences``.
+    """
     try:
         path.stat()
     except OSError as exc:
@@ -90,7 +100,7 @@ def _add_literal(path: Path, paths: list[Path], problems: list[dict[str, str]]) 
         problems.append(_problem(path, exc))
         return
     for entry in entries:
-        if entry.suffix.lower() not in IMAGE_SUFFIXES:
+        if entry.suffix.lower() not in INPUT_SUFFIXES:
             continue
         try:
             if entry.is_dir():
@@ -101,8 +111,47 @@ def _add_literal(path: Path, paths: list[Path], problems: list[dict[str, str]]) 
             continue
         images.append(entry)
     if not images and len(problems) == before:
-        warn(f"{path}: no images in this folder (looked for {' '.join(IMAGE_SUFFIXES)})")
+        warn(f"{path}: no images in this folder (looked for {' '.join(INPUT_SUFFIXES)})")
+    frames = numbered_order([p for p in images if not is_video(p)])
+    if frames is not None:
+        sequences.append(frames)
+        images = frames + [p for p in images if is_video(p)]
     paths.extend(images)
+
+
+def describe_inputs(
+    paths: list[Path], sequences: list[list[Path]], every: int, fps: float | None, max_pixels: int,
+) -> tuple[list[Path], list[dict[str, Any]], list[dict[str, str]]]:  # fmt: skip
+    """Return (the inputs to predict, what each one is, problems): videos opened, numbered sequences sampled.
+
+    Each input is ``{"kind": "photo"}``, a numbered frame ``{"kind": "photo", "frame": its
+    place in the sequence, "time_s": frame / fps, or None without ``fps``}`` (only every
+    ``every``-th one is kept), or ``{"kind": "video", "fps", "frames" (None: unknown),
+    "width", "height"}`` from its header (``fps``, else 30, when it gives no rate). A video
+    that cannot be opened, or whose frames are over ``max_pixels``, is a problem.
+    """
+    place = {p: i for seq in sequences for i, p in enumerate(seq)}
+    kept, about, problems = [], [], []
+    for path in paths:
+        if is_video(path):
+            try:
+                header = probe_video(path, max_pixels)
+            except LunarError as exc:
+                problems.append({"input": str(path), "reason": str(exc)})
+                continue
+            rate = header.fps or fps or DEFAULT_FPS
+            if header.fps is None:
+                warn(f"{path}: no frame rate in the video's header; time stamps count {rate:g} frames a second (--fps)")
+            about.append({"kind": "video", "fps": rate, "frames": header.frames, "width": header.width,
+                          "height": header.height})  # fmt: skip
+        elif path in place:
+            if place[path] % every:
+                continue
+            about.append({"kind": "photo", "frame": place[path], "time_s": round(place[path] / fps, 6) if fps else None})
+        else:
+            about.append({"kind": "photo"})
+        kept.append(path)
+    return kept, about, problems
 
 
 def output_names(paths: list[Path], suffixes: Iterable[str]) -> list[str]:
@@ -142,6 +191,9 @@ def plan_outputs(
     as_file = output.suffix.lower() in (*IMAGE_SUFFIXES, ".npz")
     if as_file and len(paths) > 1:
         raise LunarError(f"{output}: a file name, but there are {len(paths)} inputs; give a folder for -o")
+    if as_file and is_video(paths[0]):
+        raise LunarError(f"{output}: {paths[0]} is a video, one mask per frame; give a folder for -o, or a video "
+                         "file (out.mp4) for one video")  # fmt: skip
     if as_file:
         want = ".npz" if fmt == "probs" else ".png"
         if output.suffix.lower() != want:
@@ -170,6 +222,47 @@ def plan_outputs(
 
     targets = [Path(f) for entry in plan for f in entry.values() if f is not None]
     refuse_overwrite(targets, paths, "an input photo", "choose another -o")
+    refuse_overwrite(targets, model_files, "a file of the model's run", "choose another -o")
+    return plan
+
+
+def frame_targets(targets: dict[str, str | None], fmt: str, frame: int) -> dict[str, str | None]:
+    """Return the files frame number ``frame`` of a video writes: its planned names with ``_000123`` before each suffix."""
+    ends = {"mask": FORMATS[fmt], **EXTRAS}
+    numbered = f"_{frame:0{FRAME_DIGITS}d}"
+    return {key: None if name is None else name[: len(name) - len(ends[key])] + numbered + ends[key]
+            for key, name in targets.items()}  # fmt: skip
+
+
+def plan_video_output(
+    output: Path, fmt: str, extras: Iterable[str], paths: list[Path], sequences: list[list[Path]],
+    model_files: Iterable[Path] = (),
+) -> dict[str, str | None]:  # fmt: skip
+    """Return the videos one stream of frames writes: ``{"mask": out.mp4, "hazard": out_hazard.mp4 or None, ...}``.
+
+    The inputs must be one video or one folder of numbered frames, and the format one a
+    video can show (rgb or overlay); otherwise, and when a video would overwrite an input
+    or a file of the model's run, LunarError in one line.
+    """
+    output = Path(output)
+    if fmt not in ("rgb", "overlay"):
+        raise LunarError(f"{output}: a video shows --format rgb or overlay, not {fmt} (lossy frames would change "
+                         "class indices); give a folder for -o")  # fmt: skip
+    one_stream = (len(paths) == 1 and is_video(paths[0])) or (len(sequences) == 1 and sequences[0] == paths)
+    if not one_stream:
+        raise LunarError(f"{output}: one video is written from one video or one folder of numbered frames, not "
+                         f"{len(paths)} inputs; give a folder for -o")  # fmt: skip
+    if output.is_dir():
+        raise LunarError(f"{output}: is a folder; give the video file to write, or a folder name without a video suffix")
+    if not output.parent.is_dir():
+        raise LunarError(f"{output.parent}: no such folder; create it or choose another -o")
+    if not os.access(output.parent, os.W_OK | os.X_OK):
+        raise LunarError(f"{output.parent}: not writable; choose another -o")
+    wanted = set(extras)
+    plan = {"mask": str(output), **{e: str(output.with_name(output.stem + Path(EXTRAS[e]).stem + output.suffix))
+                                    if e in wanted else None for e in EXTRAS}}  # fmt: skip
+    targets = [Path(f) for f in plan.values() if f is not None]
+    refuse_overwrite(targets, paths, "an input", "choose another -o")
     refuse_overwrite(targets, model_files, "a file of the model's run", "choose another -o")
     return plan
 
@@ -215,24 +308,32 @@ def write_outputs(
     ``summary`` and ``hazard_maps`` come from ``predictor.photo_summary`` (the hazard map
     shows its largest safe circle).
     """
-    indices = outputs.classes
     mask_path = Path(targets["mask"])
-    if fmt == "rgb":
-        write_png_atomic(mask_path, encode_mask(indices))
-    elif fmt == "index":
-        write_png_atomic(mask_path, indices)
-    elif fmt == "overlay":
-        write_png_atomic(mask_path, overlay(photo, indices))
-    else:
+    if fmt == "probs":
         with atomic_path(mask_path) as tmp, open(tmp, "wb") as fh:  # a file object: savez would add ".npz"
             np.savez_compressed(fh, probs=outputs.probs.astype(np.float16), classes=np.array(class_names))
-    written = [str(mask_path)]
+    images = output_images(targets, fmt, photo, outputs, summary, hazard_maps)
+    for key, image in images.items():
+        write_png_atomic(Path(targets[key]), image)
+    return [str(mask_path)] + [targets[key] for key in EXTRAS if key in images]
+
+
+def output_images(
+    targets: dict[str, str | None], fmt: str, photo: np.ndarray, outputs: Outputs, summary: dict[str, Any],
+    hazard_maps: tuple | None,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """Return the pictures of one photo's outputs, by target key: the mask (unless probs), hazard, uncertainty maps.
+
+    What ``write_outputs`` writes as PNGs and a video output encodes as frames.
+    """
+    indices = outputs.classes
+    images: dict[str, np.ndarray] = {}
+    if fmt != "probs":
+        images["mask"] = {"rgb": encode_mask, "index": lambda i: i, "overlay": lambda i: overlay(photo, i)}[fmt](indices)
     if targets.get("hazard") and hazard_maps is not None:
         hazard, safe = hazard_maps
-        write_png_atomic(Path(targets["hazard"]), hazard_image(hazard, safe, summary["hazard"]["largest_safe_region"]))
-        written.append(targets["hazard"])
+        images["hazard"] = hazard_image(hazard, safe, summary["hazard"]["largest_safe_region"])
     if targets.get("uncertainty"):
         # 0 (black): certain; 255 (white): every class equally likely.
-        write_png_atomic(Path(targets["uncertainty"]), np.round(outputs.uncertainty * 255).astype(np.uint8))
-        written.append(targets["uncertainty"])
-    return written
+        images["uncertainty"] = np.round(outputs.uncertainty * 255).astype(np.uint8)
+    return images

@@ -84,14 +84,18 @@ def _predict(result: dict) -> None:
     stdout().print(f"model: {result['model']}")
     for record in records[:20]:
         fractions = "  ".join(f"{k} {100 * v:.1f}%" for k, v in record["class_fractions"].items())
-        stdout().print(f"{record['input']} -> {', '.join(record['output'])}  ({fractions})")
+        at = f" ({record['time_s']:.2f} s)" if record.get("time_s") is not None else ""
+        frame = f" frame {record['frame']}{at}" if "frame" in record else ""
+        stdout().print(f"{record['input']}{frame} -> {', '.join(record['output'])}  ({fractions})")
         if "hazard" in record and record["hazard"].get("largest_safe_region"):
             region = record["hazard"]["largest_safe_region"]
             stdout().print(f"    safe ground: {100 * record['hazard']['safe_fraction']:.1f}%, largest safe circle at "
                       f"{region['center_xy']} radius {region['radius_px']} px")
     if len(records) > 20:
         stdout().print(f"... and {len(records) - 20} more")
-    stdout().print(f"{len(records)} image(s) done, {result['written']} file(s) written, {len(result['failed'])} failed")
+    what = "frame(s)" if any("frame" in r for r in records) else "image(s)"
+    stdout().print(f"{len(records)} {what} done in {result['seconds']:.1f} s ({result['frames_per_second']:.2f}/s), "
+                   f"{result['written']} file(s) written, {len(result['failed'])} failed")  # fmt: skip
 
 
 def _share(value) -> str:
@@ -99,10 +103,27 @@ def _share(value) -> str:
 
 
 def _export(result: dict) -> None:
-    stdout().print(f"{result['model']} -> {result['output']} ({result['format']}, {result['bytes'] / 1e6:.1f} MB)")
+    precision = ", int8" if result.get("precision") == "int8" else ""
+    stdout().print(f"{result['model']} -> {result['output']} ({result['format']}{precision}, {result['bytes'] / 1e6:.1f} MB)")
     stdout().print(f"checked on {result['frames_checked']} rendered scenes: class agrees on "
               f"{100 * result['class_agreement']:.3f}% of pixels, largest probability difference "
               f"{result['max_probability_difference']:.2g}")
+
+
+def _benchmark(result: dict) -> None:
+    rows = [[f["form"], f"{f['bytes'] / 1e6:.2f}", f"{f['ms_per_frame']:.1f}", f"{f['images_per_second']:.2f}",
+             number(f["miou"]), "" if i == 0 else _signed(f["miou_drop"])] for i, f in enumerate(result["forms"])]  # fmt: skip
+    machine = result["machine"]
+    stdout().print(_table(f"benchmark {result['model']} on {machine['cpu']} ({machine['cores']} cores, "
+                          f"{machine['device']})", ["form", "file MB", "ms/frame", "images/s",
+                                                    f"mIoU {result['split']}", "drop vs fp32"], rows))  # fmt: skip
+    stdout().print(f"timed on {result['timed_frames']} (model time; median of {result['runs']} runs after "
+                   f"{result['warmup']} warm-up, images/s in batches of {result['batch_size']}); mIoU on "
+                   f"{result['images']} {result['split']} frames, {result['resolution']}")  # fmt: skip
+
+
+def _signed(value) -> str:
+    return "n/a" if value is None else f"{value:+.4f}"
 
 
 def _compare(result: dict) -> None:
@@ -111,7 +132,8 @@ def _compare(result: dict) -> None:
 
 
 RENDERERS: dict[str, Callable[[dict], None]] = {"fetch": _fetch, "split": _split, "train": _train, "eda": _eda, "evaluate": _evaluate,
-                                            "predict": _predict, "compare": _compare, "export": _export}
+                                            "predict": _predict, "compare": _compare, "export": _export,
+                                            "benchmark": _benchmark}
 
 
 def show(command: str, result: dict) -> None:

@@ -21,10 +21,13 @@ def set_environment_defaults() -> None:
     Measured on a 2-core machine with other work running: a custom U-Net step took
     2.4 s with spinning threads and 0.09 s with passive ones. Must run before torch loads.
     Also keeps OpenCV's own "[ WARN ] ... PNG input buffer is incomplete" lines off
-    stderr (read before cv2 loads): lunar already says which file is bad, in one line.
+    stderr (read before cv2 loads), and FFmpeg's "[mjpeg @ 0x...] No JPEG data found"
+    for a damaged video frame (-8: AV_LOG_QUIET): lunar already says which file or frame
+    is bad, in one line.
     """
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 
 
 @dataclass

@@ -109,7 +109,7 @@ def test_every_option_of_every_command_is_a_config_key_or_a_declared_input():
 
     import typer
 
-    from lunar_cli.cli import app
+    from lunar_cli.cli import COMMANDS, app
     from lunar_cli.config import flag_key
 
     unmapped = []
@@ -124,4 +124,4 @@ def test_every_option_of_every_command_is_a_config_key_or_a_declared_input():
                 flag_key(name, param)
             except KeyError:
                 unmapped.append(f"lunar {name} {param}")
-    assert len(app.registered_commands) == 8 and not unmapped, unmapped
+    assert len(app.registered_commands) == len(COMMANDS) and not unmapped, unmapped

@@ -138,10 +138,10 @@ def evaluate(
 
 def predict(
     inputs: Annotated[
-        list[str], typer.Argument(help="Images, folders, globs, or - to read paths from stdin.", show_default=False)
+        list[str], typer.Argument(help="Images, videos, folders, globs, or - to read paths from stdin.", show_default=False)
     ],
     output: Annotated[
-        Optional[Path], typer.Option("--output", "-o", help="Output file (one input) or folder. [default: <runs-dir>/predict]")
+        Optional[Path], typer.Option("--output", "-o", help="Output file (one input), video (out.mp4) or folder. [default: <runs-dir>/predict]")
     ] = None,
     model: Annotated[
         Optional[Path],
@@ -164,6 +164,12 @@ def predict(
     tta: TtaOpt = None,
     batch_size: Annotated[Optional[int], typer.Option(help=f"Images per pass. {default_of('predict.batch_size')}")] = None,
     strict: Annotated[Optional[bool], typer.Option("--strict", help="Stop at the first image that fails.")] = None,
+    every: Annotated[
+        Optional[int], typer.Option(help=f"Videos, numbered frames: predict every Nth frame. {default_of('predict.every')}")
+    ] = None,
+    fps: Annotated[
+        Optional[float], typer.Option(help=f"Frame rate of a folder of numbered frames, for time stamps. {range_of('predict.fps')}")
+    ] = None,
     device: DeviceOpt = None,
     amp: AmpOpt = None,
     channels_last: ChannelsLastOpt = None,
@@ -171,7 +177,7 @@ def predict(
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Write class masks for photos: lunar predict img.png -o mask.png."""
+    """Write class masks for photos and videos: lunar predict img.png -o mask.png; lunar predict v.mp4 -o out.mp4 -f overlay."""
     given = flags(locals(), "inputs", "output", "model")
     from lunar_cli.predict import predict_command  # NumPy and OpenCV (torch only for a checkpoint) load here
 
@@ -209,11 +215,19 @@ def export(
     format: Annotated[
         Optional[ExportFormat], typer.Option("--format", "-f", help=f"File format. {default_of('export.format')}")
     ] = None,
+    int8: Annotated[
+        Optional[bool], typer.Option("--int8", help="ONNX statically quantised to int8, calibrated on val frames.")
+    ] = None,
+    calibration_frames: Annotated[
+        Optional[int], typer.Option(help=f"--int8: frames to calibrate on. {default_of('export.calibration_frames')}")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheDirOpt = None,
     runs_dir: RunsDirOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Write a model for deployment (ONNX or TorchScript), normalisation and metadata inside; check it against PyTorch."""
+    """Write a model for deployment (ONNX, int8 ONNX or TorchScript), normalisation and metadata inside; check it against PyTorch."""
     given = flags(locals(), "model", "output")
     from lunar_cli.export import export_command  # heavy: torch loads when the command runs
 
