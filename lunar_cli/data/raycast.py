@@ -94,13 +94,15 @@ def cast_terrain(camera: Camera, terrain: Terrain, fan: RayFan, grid: PolarGrid,
     row = np.searchsorted(keys, tan64 + band * col, side="left") - col * n_rows
     ground = row < n_rows if grid.dist[-1] >= FAR * 0.999 else np.ones(row.shape, bool)
     j1 = np.clip(row, 1, n_rows - 1)
-    f0 = dist[j1 - 1] * (tangent[j1 - 1, col] - tan64)  # below zero: the ray is still above the ground
-    f1 = dist[j1] * (tangent[j1, col] - tan64)
-    frac = np.where(row >= 1, np.clip(-f0 / np.maximum(f1 - f0, 1e-12), 0, 1), 0.0)
-    d_hit = dist[j1 - 1] + (dist[j1] - dist[j1 - 1]) * frac
-    t = np.where(ground, d_hit / fan.horizontal, np.inf).astype(np.float32)
-    points = camera.position.astype(np.float32) + np.where(ground, t, FAR * 2)[..., None] * fan.rays
+    flat = tangent.astype(np.float32).ravel()
+    d0, d1 = grid.dist.astype(np.float32)[j1 - 1], grid.dist.astype(np.float32)[j1]
+    f0 = d0 * (flat[(j1 - 1) * n_cols + col] - fan.tangent)  # below zero: the ray is still above the ground
+    f1 = d1 * (flat[j1 * n_cols + col] - fan.tangent)
+    frac = np.where(row >= 1, np.clip(-f0 / np.maximum(f1 - f0, 1e-12), 0, 1), 0).astype(np.float32)
+    d_hit = d0 + (d1 - d0) * frac
+    t = np.where(ground, d_hit / fan.horizontal, np.float32(np.inf))
+    points = camera.position.astype(np.float32) + np.where(ground, t, np.float32(FAR * 2))[..., None] * fan.rays
     fields = np.dstack([relief[..., 1], relief[..., 2], margin]).astype(np.float32)
-    sampled = cv2.remap(fields, col_f.astype(np.float32), (j1 - 1 + frac).astype(np.float32), cv2.INTER_LINEAR,
+    sampled = cv2.remap(fields, col_f.astype(np.float32), (j1 - 1).astype(np.float32) + frac, cv2.INTER_LINEAR,
                         borderMode=cv2.BORDER_REPLICATE)
-    return TerrainHit(t, points.astype(np.float32), sampled[..., 0], sampled[..., 1], sampled[..., 2])
+    return TerrainHit(t, points, sampled[..., 0], sampled[..., 1], sampled[..., 2])

@@ -121,9 +121,9 @@ def rock_shadows(rocks: Rocks, camera: Camera, points: np.ndarray, owner: np.nda
     keep = (own != -2) & (own != k)
     k, pix = k[keep], pix[keep]
     origin = points.reshape(-1, 3)[pix].astype(np.float64)
-    direction = np.broadcast_to(sun.astype(np.float32), origin.shape)
-    keep = _near_sphere(rocks, k, origin, direction)
+    direction = sun.astype(np.float32)
+    keep = _near_sphere(rocks, k, origin, direction[None, :])
     k, pix, origin = k[keep], pix[keep], origin[keep]
-    _, t_out, hit, _ = intersect(rocks, k, origin, direction[:len(k)])
+    _, t_out, hit, _ = intersect(rocks, k, origin, direction)
     shadow[pix[hit & (t_out > 1e-4)]] = True  # a pixel in two boxes of a rock is simply set twice
     return shadow.reshape(h, w)

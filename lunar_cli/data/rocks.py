@@ -28,7 +28,7 @@ PEBBLE = 0.025  # metres: the smallest rock diameter made near the camera
 BOULDER = 2.5  # metres: the largest
 GRAVEL = 0.08  # metres: the largest gravel
 AMBIGUOUS = (0.2, 1.5)  # rocks expected to cover this many times the clean mask's smallest rock are not made
-MIN_PIXELS = 2.0  # rocks narrower than this on screen are not made
+MIN_PIXELS = 4.0  # rocks narrower than this on screen are not made
 
 
 @dataclass(frozen=True)
@@ -86,7 +86,7 @@ def sample_rocks(rng: np.random.Generator, camera: Camera, terrain: Terrain, azi
     far = 400.0 if camera.view == "horizon" else 120.0
     rocks = _sizes_in_bands(rng, density, rng.uniform(1.5, 2.2), BOULDER, camera.focal, azimuths, near, far)
     # of gravel over 0.3 m (there is none: it sets the level of the slope); renders' ground is smoother
-    gravel_density = math.exp(rng.uniform(math.log(0.005), math.log(0.05)) - (1.5 if camera.view == "horizon" else 0))
+    gravel_density = math.exp(rng.uniform(math.log(0.002), math.log(0.025)) - (1.5 if camera.view == "horizon" else 0))
     gravel = _sizes_in_bands(rng, gravel_density, 3.0, GRAVEL, camera.focal, azimuths, near, 20.0)
     diameter, dist, phi = (np.concatenate(pair) for pair in zip(rocks, gravel))
     looks = 0.45 * (diameter * camera.focal / dist) ** 2  # pixels of a partly buried body seen from the side
@@ -116,11 +116,11 @@ def build_rocks(rng: np.random.Generator, diameter: np.ndarray, x: np.ndarray, y
     n = len(diameter)
     u = rng.random((n, 9))
     a = diameter / 2 * (0.85 + 0.3 * u[:, 0])
-    axes = np.stack([a, a * (0.55 + 0.45 * u[:, 1]), a * (0.35 + 0.45 * u[:, 2])], axis=1)
+    axes = np.stack([a, a * (0.55 + 0.45 * u[:, 1]), a * (0.5 + 0.4 * u[:, 2])], axis=1)
     rotation = _rotation(u[:, 3] * 2 * np.pi, (u[:, 4] - 0.5) * 0.5, (u[:, 5] - 0.5) * 0.5)
     to_unit = np.transpose(rotation, (0, 2, 1)) / axes[:, :, None]  # rows of R^T divided by the half axes
     base = relief_at(terrain, x, y)[:, 0] if n else np.zeros(0)
-    centre = np.stack([x, y, base + axes[:, 2] * (0.1 - 0.55 * u[:, 6])], axis=1)  # partly buried
+    centre = np.stack([x, y, base + axes[:, 2] * (0.25 - 0.45 * u[:, 6])], axis=1)  # partly buried
     facets = rng.normal(size=(n, FACETS, 3))
     facets /= np.linalg.norm(facets, axis=2, keepdims=True)
     offsets = rng.uniform(0.55, 0.92, size=(n, FACETS))
@@ -156,28 +156,34 @@ def intersect(rocks: Rocks, k: np.ndarray, origin: np.ndarray, direction: np.nda
     """Return (t_in, t_out, hit, facet) of rays origin + t * direction (M, 3) with rocks k (M,).
 
     facet is the cutting plane the ray enters through, or -1 for the ellipsoid; t is in world units.
+    Rays that miss the ellipsoid, or meet it only behind their origin, are misses without the planes.
     """
     a_mat = rocks.to_unit[k]
     o = mat_vec(a_mat, (origin - rocks.centre[k]).astype(np.float32))
-    d = mat_vec(a_mat, direction.astype(np.float32))
+    d = mat_vec(a_mat, np.broadcast_to(direction, o.shape).astype(np.float32))
     qa, qb, qc = dot(d, d), dot(o, d), dot(o, o) - 1
     disc = qb * qb - qa * qc
     root = np.sqrt(np.maximum(disc, 0))
     t_in, t_out = (-qb - root) / qa, (-qb + root) / qa
-    hit = disc > 0
+    hit = (disc > 0) & (t_out > 0)
     facet = np.full(len(k), -1, np.int8)
+    idx = np.flatnonzero(hit)  # the planes only cut what the ellipsoid lets through
+    ki, oi, di, t0, t1, f = k[idx], o[idx], d[idx], t_in[idx], t_out[idx], facet[idx]
+    inside = np.ones(len(idx), bool)
     for i in range(FACETS):
-        n = rocks.facets[k, i]
-        num = rocks.offsets[k, i] - dot(n, o)
-        den = dot(n, d)
+        n = rocks.facets[ki, i]
+        num = rocks.offsets[ki, i] - dot(n, oi)
+        den = dot(n, di)
         with np.errstate(divide="ignore", invalid="ignore"):
             ratio = num / den
-        enters = (den < 0) & (ratio > t_in)
-        facet = np.where(enters, i, facet)
-        t_in = np.where(enters, ratio, t_in)
-        t_out = np.where((den > 0) & (ratio < t_out), ratio, t_out)
-        hit &= (den != 0) | (num >= 0)
-    return t_in, t_out, hit & (t_in < t_out), facet
+        enters = (den < 0) & (ratio > t0)
+        f = np.where(enters, i, f)
+        t0 = np.where(enters, ratio, t0)
+        t1 = np.where((den > 0) & (ratio < t1), ratio, t1)
+        inside &= (den != 0) | (num >= 0)
+    t_in[idx], t_out[idx], facet[idx] = t0, t1, f
+    hit[idx] = inside & (t0 < t1)
+    return t_in, t_out, hit, facet
 
 
 def unit_normals(rocks: Rocks, k: np.ndarray, unit_point: np.ndarray, facet: np.ndarray) -> np.ndarray:

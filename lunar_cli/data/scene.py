@@ -35,7 +35,7 @@ HORIZON_SHARE = 0.6  # rendered scenes with horizon views; the rest are rover vi
 HERO_SHARE = 0.45  # rover views with one boulder placed in the lower middle of the frame
 # rays per pixel side, terrain distance step, polar grid columns in rays (a ray's ground hit comes from the
 # nearest column, its shading from its own direction)
-QUALITY = {"fast": (1, 0.015, 1.25), "fine": (2, 0.005, 1.0)}
+QUALITY = {"fast": (1, 0.02, 1.5), "fine": (2, 0.005, 1.0)}
 
 
 @dataclass(frozen=True)

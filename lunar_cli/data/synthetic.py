@@ -114,8 +114,8 @@ def _render_job(job: tuple) -> tuple[str, np.ndarray, np.ndarray]:
     view = pick_view(rng, real=kind == "real")
     frame = render_frame(rng, width, height, view=view, quality=quality)
     image, raw, clean = frame.image, frame.raw, frame.clean
-    if view == "rover":  # rover views, rendered or real-like, look like the photos they stand for
-        image = real_look(rng, image)
+    if view == "rover":  # rover views get a camera's colour; the real-like photos its flaws too
+        image = real_look(rng, image, flaws=kind == "real")
     out = Path(out_dir)
     if kind == "render":
         write_png_atomic(out / "images/render" / f"render{index:04d}.png", image)
@@ -128,17 +128,26 @@ def _render_job(job: tuple) -> tuple[str, np.ndarray, np.ndarray]:
     return kind, counts(clean), counts(raw)
 
 
-def real_look(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
-    """Return the image degraded like a rover camera photo: tone curve, blur, vignette, tint, exposure, noise, JPEG."""
+def real_look(rng: np.random.Generator, image: np.ndarray, flaws: bool = True) -> np.ndarray:
+    """Return the image as a rover camera takes it: tone curve, vignette, tint, exposure, and with `flaws` also
+    blur, sensor noise and JPEG compression.
+
+    Rendered rover views get the colour only: training augments blur, noise and JPEG by itself, and
+    the images keep the sharp detail the model learns rocks from.
+    """
     import cv2
 
     h, w = image.shape[:2]
     curve = 0.04 + 0.8 * (np.arange(256, dtype=np.float32) / 255) ** rng.uniform(0.75, 0.95)  # lifted blacks
-    x = cv2.GaussianBlur(curve[image], (0, 0), rng.uniform(0.4, 0.9))
+    x = curve[image]
+    if flaws:
+        x = cv2.GaussianBlur(x, (0, 0), rng.uniform(0.4, 0.9))
     yy, xx = np.ogrid[0:h, 0:w]
     r2 = ((xx.astype(np.float32) - w / 2) / (w / 2)) ** 2 + ((yy.astype(np.float32) - h / 2) / (h / 2)) ** 2
     gain = camera_tint(rng) * np.float32(exposure_gain(rng))  # before the noise: a dark photo is a noisy one
     x = x * (1 - np.float32(rng.uniform(0.2, 0.4) / 2) * r2)[:, :, None] * gain
+    if not flaws:
+        return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
     x += rng.standard_normal((h, w, 1), dtype=np.float32) * np.float32(rng.uniform(0.015, 0.03))
     x += rng.standard_normal(x.shape, dtype=np.float32) * np.float32(0.008)
     out = np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)

@@ -19,7 +19,7 @@ from lunar_cli.data.regolith import fractal_fields, remap_points, slopes
 HILLS_SPAN = 2400.0  # metres covered by the hills grid, centred on the camera (it sees up to FAR)
 FAR = 1000.0  # metres: the farthest ground a ray can hit; beyond it is sky
 SWELL_TILE = 64.0  # metres: the tile of the metre-scale undulation
-CRATER_PIXELS = 6.0  # craters smaller than this radius on screen are not made (they would not show)
+CRATER_PIXELS = 8.0  # craters smaller than this radius on screen are not made (they would not show)
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def sample_terrain(rng: np.random.Generator, view: str, focal: float, azimuths: 
     hill_slope = math.tan(math.radians(math.exp(rng.uniform(math.log(1.5), math.log(14.0))) if hilly
                                        else rng.uniform(0.3, 3.0)))
     hills = _scaled(fractal_fields(rng, n, 3.6, lowest=5.0)[0], HILLS_SPAN / n, hill_slope)
-    m = 256
+    m = 128
     swell_slope = math.tan(math.radians(rng.uniform(2.0, 8.0) if hilly else rng.uniform(1.0, 4.0)))
     swell = _scaled(fractal_fields(rng, m, 3.2, lowest=2.0)[0], SWELL_TILE / m, swell_slope)
     density = math.exp(rng.uniform(math.log(0.002), math.log(0.03 if hilly else 0.012)))
@@ -86,7 +86,7 @@ def sample_craters(rng: np.random.Generator, density: float, focal: float, azimu
         d1 = d0 * 1.5
         r_min = max(0.15, CRATER_PIXELS * d1 / focal * math.sqrt(max(d1 / above_ground, 1.0)))
         area = (hi - lo) / 2 * (d1 * d1 - d0 * d0)
-        count = min(rng.poisson(density * area / r_min ** 2), 12)
+        count = min(rng.poisson(density * area / r_min ** 2), 8)
         u = rng.random((count, 5))
         radius = np.minimum(r_min / np.sqrt(u[:, 0] + 1e-9), min(60.0, 0.4 * d1))
         dist = np.sqrt(d0 * d0 + u[:, 1] * (d1 * d1 - d0 * d0))
