@@ -5,21 +5,21 @@ For each folder in the Kaggle layout (``images/render`` + ``images/clean`` and/o
 
 - geometry: pixel share of each class, share of images with sky, rocks per image and their sizes
   (connected components of the mask, area as a share of the frame, so resized copies compare);
-- appearance: the brightness of rocks against the ground around them and against the darkest
-  ground beside them (their shadow), which class the darkest and brightest pixels belong to,
-  the ground's brightness and colour, and its texture (power-spectrum slope and contrast of
-  32x32 ground tiles after resizing the frame to 256x256).
+- appearance: rocks against the ground around them and against its darkest part (their shadow), the
+  class of the darkest and brightest pixels, the ground's level, colour and texture (NOTES below).
 
     python bench/bench_scenes.py real=/work/shared/real-reference/labelled new=/tmp/d_new --write
     python bench/bench_scenes.py ours=data --fps 40     # also time render_scene at 480x320
+    python bench/bench_scenes.py --mitsuba /tmp/mts     # Mitsuba 3 renders of lunar's scenes (pip install mitsuba)
 
-Figures are printed as markdown tables; ``--write`` puts them in the "## Scene statistics" section of
-bench/RESULTS.md with the machine they were measured on.
+Markdown tables are printed; --write puts them in bench/RESULTS.md's "## Scene statistics" with the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import platform
 import re
 import time
 from dataclasses import dataclass, field
@@ -165,10 +165,8 @@ def _med(values) -> float:
 
 def size_histogram(areas: list) -> str:
     """Return the share of components in each AREA_BINS bin, as 'a/b/c/d/e' percentages."""
-    if not areas:
-        return "-"
-    counts = np.bincount(np.digitize(areas, AREA_BINS), minlength=len(AREA_BINS) + 1)
-    return "/".join(f"{100 * c / len(areas):.0f}" for c in counts)
+    counts = np.bincount(np.digitize(areas, AREA_BINS), minlength=len(AREA_BINS) + 1) if areas else []
+    return "/".join(f"{100 * c / len(areas):.0f}" for c in counts) or "-"
 
 
 def geometry_row(label: str, s: SetStats) -> str:
@@ -212,45 +210,187 @@ NOTES = (
     "2.7-16 px) and std / mean.")
 
 
-def time_renderer(frames: int, width: int, height: int, real: bool, **options) -> float:
-    """Return frames per second of render_scene in this process (one core: OpenCV held to one thread)."""
+def time_renderer(frames: int, width: int, height: int, real: bool, quality: str) -> tuple[float, float]:
+    """Return (frames per wall second, per CPU second) of render_scene in this process, OpenCV on one thread."""
     import cv2
 
     from lunar_cli.data.scene import render_scene
 
     cv2.setNumThreads(1)  # as in generate_synthetic's workers
-    render_scene(np.random.default_rng(10_000), width, height, real=real, **options)  # warm caches
-    start = time.perf_counter()
+    render_scene(np.random.default_rng(10_000), width, height, real=real, quality=quality)  # warm caches
+    wall, cpu = time.perf_counter(), time.process_time()
     for i in range(frames):
-        render_scene(np.random.default_rng(i), width, height, real=real, **options)
-    return frames / (time.perf_counter() - start)
+        render_scene(np.random.default_rng(i), width, height, real=real, quality=quality)
+    return frames / (time.perf_counter() - wall), frames / (time.process_time() - cpu)
+
+
+def mitsuba_scenes(out: Path, frames: int, spp: int, width: int = 480, height: int = 320) -> list[tuple[float, ...]]:
+    """Render `frames` scenes with Mitsuba 3 (scalar_rgb path tracer) into out/images/{render,clean}; return
+    (build, render, label) seconds per frame.
+
+    The geometry is lunar's own (camera, terrain, rocks and sun drawn by its samplers, the terrain as a
+    mesh of 400x400 polar samples, each rock an icosphere cut by its planes), Lambertian surfaces (rock
+    albedo 0.5 x its ratio, ground the regolith texture as a 1 m bitmap), the sun a directional light;
+    labels from the aov integrator's shape and primitive index of one ray per pixel. Needs `mitsuba`.
+    """
+    import drjit as dr
+    import mitsuba as mi
+
+    from lunar_cli.classes import encode_mask, write_png_atomic
+
+    mi.set_variant("scalar_rgb")
+
+    _ = [(out / sub).mkdir(parents=True, exist_ok=True) for sub in ("images/render", "images/clean")]
+    aov, times = mi.load_dict({"type": "aov", "aovs": "dd:depth,si:shape_index,pi:prim_index"}), []
+    for i in range(1, frames + 1):
+        start = time.perf_counter()
+        scene, rocks, owner = _mitsuba_scene(mi, dr, np.random.default_rng([99, i]), "horizon" if i % 5 < 3 else "rover",
+                                             width, height, spp)
+        built = time.perf_counter()
+        radiance = np.array(mi.render(scene))[..., :3]
+        rendered = time.perf_counter()
+        ids = np.array(mi.render(scene, integrator=aov, spp=1))
+        index = [shape.id() for shape in scene.shapes()].index("rocks") + 1 if len(rocks) else -1  # counts from 1
+        on_rock = (np.rint(ids[..., 1]) == index) & (ids[..., 0] > 0)
+        rock = np.where(on_rock, owner[np.clip(np.rint(ids[..., 2]).astype(int), 0, len(owner) - 1)], -1)
+        counts = np.bincount(rock[rock >= 0], minlength=len(rocks))
+        mask = np.where(on_rock, np.where(rocks.diameter[rock.clip(0)] >= 0.5, 3, 2), 0).astype(np.uint8)
+        mask[on_rock & (counts[rock.clip(0)] < 7e-4 * width * height)] = 0
+        mask[ids[..., 0] <= 0] = 1  # no hit: sky
+        lit = radiance.mean(-1)
+        scale = 0.6 / max(float(np.percentile(lit[lit > 0], 75)), 1e-6)
+        write_png_atomic(out / "images/render" / f"render{i:04d}.png", np.round(np.clip(radiance * scale, 0, 1) * 255)
+                         .astype(np.uint8))
+        write_png_atomic(out / "images/clean" / f"clean{i:04d}.png", encode_mask(mask))
+        times.append((built - start, rendered - built, time.perf_counter() - rendered))
+    return times
+
+
+def _mitsuba_scene(mi, dr, rng: np.random.Generator, view: str, width: int, height: int, spp: int):
+    """Return (Mitsuba scene, rocks, rock of each rock-mesh triangle) of one scene drawn by lunar's samplers."""
+    from lunar_cli.data.camera import axes, pixel_rays, placed, sample_camera
+    from lunar_cli.data.raycast import polar_grid, ray_fan
+    from lunar_cli.data.rocks import FACETS, sample_rocks
+    from lunar_cli.data.shading import sample_sun
+    from lunar_cli.data.surface import sample_looks
+    from lunar_cli.data.terrain import CraterShadow, PolarGrid, relief_at, relief_polar, sample_terrain
+
+    def mesh(name, verts, faces, uv=None):
+        shape = mi.Mesh(name, len(verts), len(faces), has_vertex_texcoords=uv is not None)
+        params = mi.traverse(shape)
+        params["vertex_positions"] = dr.ravel(mi.TensorXf(verts.astype(np.float32)))
+        params["faces"] = dr.ravel(mi.TensorXu(faces.astype(np.uint32)))
+        if uv is not None:
+            params["vertex_texcoords"] = dr.ravel(mi.TensorXf(uv.astype(np.float32)))
+        params.update()
+        return shape
+
+    camera = sample_camera(rng, width, height, view)
+    fan = ray_fan(pixel_rays(camera))
+    azimuths = (float(fan.azimuth.min()), float(fan.azimuth.max()))
+    terrain = sample_terrain(rng, view, camera.focal, azimuths, camera.above_ground)
+    camera = placed(camera, float(relief_at(terrain, np.zeros(1), np.zeros(1))[0, 0]))
+    sun = sample_sun(rng, view)
+    fine = polar_grid(camera, fan, 0.02, 1.5)
+    grid = PolarGrid(np.linspace(fine.phi[0], fine.phi[-1], 400), np.geomspace(fine.dist[0], fine.dist[-1], 400))
+    x, y = grid.xy
+    z = relief_polar(terrain, grid, CraterShadow(1.0, (0.0, 1.0)))[0][..., 0] - grid.dist[:, None] ** 2 / 3474800.0
+    idx = np.arange(x.size).reshape(x.shape)
+    a, b, c, d = idx[:-1, :-1], idx[:-1, 1:], idx[1:, :-1], idx[1:, 1:]
+    faces = np.concatenate([np.stack([a, b, c], -1).reshape(-1, 3), np.stack([b, d, c], -1).reshape(-1, 3)])
+    ground = mesh("terrain", np.stack([x, y, z], -1).reshape(-1, 3), faces, np.stack([x, y], -1).reshape(-1, 2))
+    looks = sample_looks(rng, sun.toward, view)
+    texture = np.clip(looks.fine * 0.5, 0, 1)[:, :, None].repeat(3, 2)
+    ground.set_bsdf(mi.load_dict({"type": "diffuse", "reflectance": {
+        "type": "bitmap", "data": mi.TensorXf(texture.astype(np.float32)), "raw": True, "wrap_mode": "repeat"}}))
+    rocks = sample_rocks(rng, camera, terrain, azimuths, float(fine.dist[0]), 7e-4 * width * height)
+    sphere_v, sphere_f = _icosphere(3)
+    verts, tris, owner = [], [], []
+    for k in range(len(rocks)):
+        v = sphere_v.copy()
+        for i in range(FACETS):  # cut by the rock's planes, in its unit frame
+            n = rocks.facets[k, i].astype(float)
+            v -= np.maximum(v @ n - float(rocks.offsets[k, i]), 0)[:, None] * n
+        verts.append(v @ np.linalg.inv(rocks.to_unit[k].astype(float)).T + rocks.centre[k])
+        tris, owner = tris + [sphere_f + k * len(sphere_v)], owner + [np.full(len(sphere_f), k)]
+    (_, up, forward), pos = axes(camera), camera.position
+    parts = {"type": "scene", "integrator": {"type": "path", "max_depth": 3}, "terrain": ground,
+             "sensor": {"type": "perspective", "fov": float(np.degrees(2 * np.arctan(width / 2 / camera.focal))),
+                        "fov_axis": "x", "to_world": mi.ScalarTransform4f().look_at(
+                            origin=pos.tolist(), target=(pos + forward).tolist(), up=up.tolist()),
+                        "film": {"type": "hdrfilm", "width": width, "height": height, "rfilter": {"type": "box"}},
+                        "sampler": {"type": "independent", "sample_count": spp}},
+             "sun": {"type": "directional", "direction": (-sun.toward).tolist(),
+                     "irradiance": {"type": "rgb", "value": 3.0}}}
+    if len(rocks):
+        parts["rocks"] = mesh("rocks", np.concatenate(verts), np.concatenate(tris))
+        parts["rocks"].set_bsdf(mi.load_dict({"type": "diffuse", "reflectance": {
+            "type": "rgb", "value": float(min(0.5 * np.median(rocks.albedo), 0.95))}}))
+    return mi.load_dict(parts), rocks, np.concatenate(owner) if owner else np.zeros(1, int)
+
+
+def _icosphere(levels: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Return (vertices, triangles) of a unit sphere: an octahedron subdivided `levels` times (8 * 4**levels faces)."""
+    verts = [np.array(v, float) for v in ((1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1))]
+    faces = [(a, b, c) for a in (0, 1) for b in (2, 3) for c in (4, 5)]
+    for _ in range(levels):
+        middle: dict = {}
+
+        def mid(i: int, j: int) -> int:
+            key = (min(i, j), max(i, j))
+            if key not in middle:
+                verts.append((verts[i] + verts[j]) / np.linalg.norm(verts[i] + verts[j]))
+                middle[key] = len(verts) - 1
+            return middle[key]
+
+        faces = [f for a, b, c in faces for f in ((a, mid(a, b), mid(c, a)), (b, mid(b, c), mid(a, b)),
+                                                  (c, mid(c, a), mid(b, c)), (mid(a, b), mid(b, c), mid(c, a)))]
+    v, f = np.array(verts), np.array(faces)  # one-sided surfaces: turn every face outward
+    outward = (np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]) * v[f[:, 0]]).sum(1) > 0
+    return v, np.where(outward[:, None], f, f[:, ::-1])
+
+
+def _machine() -> str:
+    try:
+        from bench_results import machine
+        return machine()
+    except ImportError:  # a scratch venv with mitsuba and no torch: the processor and its cores will do
+        cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                    if ln.startswith("model name")), platform.machine())
+        return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sets", nargs="+", metavar="LABEL=FOLDER", help="folders in the Kaggle layout")
+    parser.add_argument("sets", nargs="*", metavar="LABEL=FOLDER", help="folders in the Kaggle layout")
     parser.add_argument("--fps", type=int, default=0, metavar="FRAMES", help="also time render_scene on FRAMES frames")
     parser.add_argument("--size", default="480x320", help="frame size for --fps (default 480x320)")
+    parser.add_argument("--mitsuba", type=Path, metavar="OUT", help="render --mitsuba-frames scenes with Mitsuba 3 into OUT")
+    parser.add_argument("--mitsuba-frames", type=int, default=8)
+    parser.add_argument("--mitsuba-spp", type=int, default=16)
     parser.add_argument("--write", action="store_true", help="write the tables into bench/RESULTS.md")
     args = parser.parse_args()
-    from bench_results import machine
-
-    geometry, appearance = [], []
-    for spec in args.sets:
-        label, _, folder = spec.rpartition("=")
-        for kind, items in pairs(Path(folder)).items():
-            stats = measure_set(items)
-            geometry.append(geometry_row(f"{label or folder} {kind}", stats))
-            appearance.append(appearance_row(f"{label or folder} {kind}", stats))
-    text = [f"## Scene statistics (bench/bench_scenes.py, {date.today().isoformat()})", "",
-            f"Machine: {machine()}. Sets: {', '.join(args.sets)}.", "", "What the scenes contain:", "",
-            GEOMETRY_HEAD, *geometry, "", "How they look:", "", APPEARANCE_HEAD, *appearance, "", NOTES]
+    text = [f"## Scene statistics (bench/bench_scenes.py, {date.today().isoformat()})", "", f"Machine: {_machine()}."]
+    if args.mitsuba:
+        times = np.array(mitsuba_scenes(args.mitsuba, args.mitsuba_frames, args.mitsuba_spp))
+        text += ["", f"Mitsuba 3 (scalar_rgb path tracer, {args.mitsuba_spp} samples per pixel, 480x320, "
+                 f"{args.mitsuba_frames} scenes into {args.mitsuba}): seconds per frame, build {times[:, 0].mean():.2f}, "
+                 f"render {times[:, 1].mean():.2f}, labels {times[:, 2].mean():.2f}: "
+                 f"{1 / times.sum(axis=1).mean():.2f} frames/s."]
+    measured = [(f"{spec.rpartition('=')[0] or spec} {kind}", measure_set(items)) for spec in args.sets
+                for kind, items in pairs(Path(spec.rpartition("=")[2])).items()]
+    geometry, appearance = [geometry_row(*m) for m in measured], [appearance_row(*m) for m in measured]
+    if args.sets:
+        text += ["", f"Sets: {', '.join(args.sets)}.", "", "What the scenes contain:", "", GEOMETRY_HEAD, *geometry,
+                 "", "How they look:", "", APPEARANCE_HEAD, *appearance, "", NOTES]
     if args.fps:
         w, h = (int(v) for v in args.size.split("x"))
         text += ["", f"render_scene speed, {w}x{h}, one process, one OpenCV thread ({args.fps} frames each):", "",
-                 "| scenes | frames / s |", "| --- | ---: |"]
-        text += [f"| {'real-like views' if real else 'renders'} | {time_renderer(args.fps, w, h, real):.1f} |"
-                 for real in (False, True)]
+                 "| scenes | quality | frames / wall s | frames / CPU s |", "| --- | --- | ---: | ---: |"]
+        for real in (False, True):
+            for quality in ("fast", "fine"):
+                wall, cpu = time_renderer(args.fps, w, h, real, quality)
+                text.append(f"| {'real-like (rover) views' if real else 'renders'} | {quality} | {wall:.1f} | {cpu:.1f} |")
     print("\n".join(text))
     if args.write:
         update_section(REPO / "bench/RESULTS.md", "## Scene statistics", "\n".join(text))
