@@ -35,16 +35,19 @@ TILE = 32  # texture tiles, on frames resized to 256x256
 
 
 def pairs(root: Path) -> dict[str, list[tuple[Path, Path]]]:
-    """Return {"renders": [(image, mask), ...], "photos": [...]} for a folder in the Kaggle layout."""
-    found = {"renders": [], "photos": []}
+    """Return {"images/render": [(image, mask), ...], "real_moon_images": [...]} for a folder in the Kaggle layout.
+
+    The folders' names, not "renders" and "photos": a synthetic set's real_moon_images are synthetic too.
+    """
+    found = {"images/render": [], "real_moon_images": []}
     for image in sorted((root / "images/render").glob("render*.png")):
         mask = root / "images/clean" / image.name.replace("render", "clean")
         if mask.is_file():
-            found["renders"].append((image, mask))
+            found["images/render"].append((image, mask))
     for image in sorted((root / "real_moon_images").glob("PCAM*.png"), key=lambda p: int(re.sub(r"\D", "", p.stem))):
         mask = image.with_name("g_" + image.name)
         if mask.is_file():
-            found["photos"].append((image, mask))
+            found["real_moon_images"].append((image, mask))
     return {k: v for k, v in found.items() if v}
 
 
@@ -226,13 +229,9 @@ def time_renderer(frames: int, width: int, height: int, real: bool, quality: str
 
 def mitsuba_scenes(out: Path, frames: int, spp: int, width: int = 480, height: int = 320) -> list[tuple[float, ...]]:
     """Render `frames` scenes with Mitsuba 3 (scalar_rgb path tracer) into out/images/{render,clean}; return
-    (build, render, label) seconds per frame.
-
-    The geometry is lunar's own (camera, terrain, rocks and sun drawn by its samplers, the terrain as a
-    mesh of 400x400 polar samples, each rock an icosphere cut by its planes), Lambertian surfaces (rock
-    albedo 0.5 x its ratio, ground the regolith texture as a 1 m bitmap), the sun a directional light;
-    labels from the aov integrator's shape and primitive index of one ray per pixel. Needs `mitsuba`.
-    """
+    (build, render, label) seconds per frame. Lunar's geometry (its samplers; terrain a 400x400 polar mesh,
+    rocks spheres cut by their planes), Lambertian surfaces (rock albedo 0.5 x its ratio, ground the regolith
+    texture on a 1 m bitmap), a directional sun; labels: the aov shape/primitive index of a ray per pixel."""
     import drjit as dr
     import mitsuba as mi
 
