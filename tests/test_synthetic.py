@@ -1,8 +1,7 @@
-"""Synthetic lunar scenes: layout, determinism, exact masks, class statistics, the real-like look."""
+"""Synthetic lunar scenes: layout, determinism, masks taken from the geometry, lit rocks and shadows, the photo look."""
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import cv2
@@ -11,17 +10,16 @@ import pytest
 
 from lunar_cli.classes import PALETTE, read_image_rgb, read_mask
 from lunar_cli.console import LunarError
-from lunar_cli.data.scene import SKY_MAX, render_scene, sample_rocks, sample_scene
+from lunar_cli.data.camera import pixel_rays
+from lunar_cli.data.rocks import intersect
+from lunar_cli.data.scene import GROUND_ID, SKY_ID, SKY_MAX, render_frame, render_scene
 from lunar_cli.data.synthetic import generate_synthetic
+from lunar_cli.data.terrain import FAR, relief_at
 
 W, H, COUNT, REAL = 96, 64, 8, 3
 GROUND, SKY, SMALL, LARGE = 0, 1, 2, 3
 MANY_REAL = 16  # enough real-like photos to see how they vary
-# sha256 of the decoded pixels of `made`'s renders and masks (images/render, clean, ground 1..8 in turn) and
-# of render_scene(default_rng(i), 480, 320) for i = 0, 1, 2: computed on the code before real-like
-# photos got their own views (no sky, close rocks, tint, exposure), which must leave renders as they were.
-RENDERS_SHA256 = "3a2aa65fda0cc7d509098ac6728109b0a8f891835d302dd7a9a17f3435dc963c"
-RENDER_SCENE_SHA256 = "baf208730d237927435c04e6bb1228481e2d577f14e593db3e7bd2ba4efb6920"
+MOON_RADIUS = 1_737_400.0
 
 
 def make(root: Path, seed: int = 7, workers: int = 1) -> dict:
@@ -42,9 +40,17 @@ def real_set(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def frames() -> list:
+    """Scenes of both kinds of view, small enough to check pixel by pixel."""
+    return [render_frame(np.random.default_rng(i), 160, 96, view=view)
+            for i in range(10) for view in ("rover", "horizon")]
+
+
 def real_photos(root: Path, count: int) -> list[tuple[np.ndarray, np.ndarray]]:
     folder = root / "real_moon_images"
-    return [(read_image_rgb(folder / f"PCAM{i}.png"), read_mask(folder / f"g_PCAM{i}.png")[0]) for i in range(1, count + 1)]
+    return [(read_image_rgb(folder / f"PCAM{i}.png"), read_mask(folder / f"g_PCAM{i}.png")[0])
+            for i in range(1, count + 1)]
 
 
 def files(root: Path) -> dict[str, bytes]:
@@ -64,7 +70,7 @@ def test_layout_names_and_summary(made):
     assert names == expected
     assert summary["counts"] == {"images/render": COUNT, "images/clean": COUNT, "images/ground": COUNT,
                                  "real_moon_images": REAL}
-    assert (summary["width"], summary["height"], summary["seed"]) == (W, H, 7)
+    assert (summary["width"], summary["height"], summary["seed"], summary["quality"]) == (W, H, 7, "fast")
     assert sum(summary["class_share"].values()) == pytest.approx(1.0, abs=1e-3)
     assert summary["class_share"]["ground"] > 0.5
     assert read_image_rgb(root / "images/render/render0001.png").shape == (H, W, 3)
@@ -83,19 +89,12 @@ def test_real_like_photos_are_the_same_whatever_the_workers(real_set, tmp_path):
     assert files(tmp_path / "data") == files(real_set)
 
 
-def test_renders_are_as_before_real_like_views(made):
-    root, _ = made
-    digest = hashlib.sha256()  # of decoded pixels, so a different PNG encoder does not matter
-    for i in range(1, COUNT + 1):
-        digest.update(read_image_rgb(root / f"images/render/render{i:04d}.png").tobytes())
-        digest.update(read_mask(root / f"images/clean/clean{i:04d}.png")[0].tobytes())
-        digest.update(read_mask(root / f"images/ground/ground{i:04d}.png")[0].tobytes())
-    assert digest.hexdigest() == RENDERS_SHA256
-    digest = hashlib.sha256()
+def test_a_scene_depends_only_on_its_generator():
     for i in range(3):
-        for array in render_scene(np.random.default_rng(i), 480, 320):
-            digest.update(array.tobytes())
-    assert digest.hexdigest() == RENDER_SCENE_SHA256
+        first, again = render_scene(np.random.default_rng(i), 120, 80), render_scene(np.random.default_rng(i), 120, 80)
+        assert all((a == b).all() for a, b in zip(first, again))
+    other = render_scene(np.random.default_rng(3), 120, 80)
+    assert (other[0] != first[0]).any()
 
 
 def test_another_seed_gives_other_images(made, tmp_path):
@@ -114,113 +113,132 @@ def test_masks_use_only_palette_colours(made):
         assert {tuple(c) for c in np.unique(rgb.reshape(-1, 3), axis=0).tolist()} <= palette, path
 
 
-def test_masks_match_the_pixels_exactly(made):
+def test_masks_are_the_class_of_each_pixels_object(frames):
+    """raw is the class of the object each ray meets; clean drops exactly the rocks too small on screen."""
+    for f in frames:
+        assert (f.object_id == f.ray_object).all()  # one ray per pixel in the default quality
+        assert (f.raw == f.object_class[f.object_id]).all()
+        assert (f.clean == np.where(f.object_kept[f.object_id], f.raw, GROUND)).all()
+        assert (f.raw[f.object_id == SKY_ID] == SKY).all() and (f.raw[f.object_id == GROUND_ID] == GROUND).all()
+        pixels = np.bincount(f.object_id.ravel(), minlength=len(f.object_class))[2:]
+        seen = pixels > 0
+        dropped, kept = seen & ~f.object_kept[2:], seen & f.object_kept[2:]
+        if dropped.any() and kept.any():
+            assert pixels[dropped].max() < pixels[kept].min()  # one size threshold per scene
+
+
+def test_every_pixel_sees_the_first_surface_on_its_ray(frames):
+    """Re-derive each pixel's object from the scene's geometry: rays, rock bodies and the terrain height field."""
+    for f in frames[:8]:
+        rays = pixel_rays(f.camera).reshape(-1, 3)
+        ids, depth = f.ray_object.ravel(), f.depth.ravel().astype(np.float64)
+        origin = f.camera.position[None, :]
+        on_rock = np.flatnonzero(ids >= 2)
+        t_in, _, hit, _ = intersect(f.rocks, ids[on_rock] - 2, origin, rays[on_rock])
+        assert hit.all() and np.allclose(t_in, depth[on_rock], rtol=1e-4)
+        ground = np.flatnonzero(ids == GROUND_ID)
+        points = f.camera.position + depth[ground, None] * rays[ground]
+        curvature = (points[:, :2] ** 2).sum(1) / (2 * MOON_RADIUS)
+        height = relief_at(f.terrain, points[:, 0], points[:, 1])[:, 0] - curvature
+        assert (np.abs(height - points[:, 2]) < 0.01 * depth[ground]).all()  # on the terrain, to the sweep's step
+        not_rock = np.flatnonzero(ids < 2)
+        for k in range(len(f.rocks)):  # no rock in front of the ground, none in the way of a sky ray
+            t_in, _, hit, _ = intersect(f.rocks, np.full(len(not_rock), k), origin, rays[not_rock])
+            assert not (hit & (t_in > 0) & (t_in < depth[not_rock])).any()
+        sky = np.flatnonzero(ids == SKY_ID)
+        for d in np.geomspace(1.0, FAR * 0.99, 40):  # a sky ray stays above the ground
+            p = f.camera.position + d * rays[sky] / np.hypot(rays[sky, 0], rays[sky, 1])[:, None]
+            below = relief_at(f.terrain, p[:, 0], p[:, 1])[:, 0] - d * d / (2 * MOON_RADIUS) - p[:, 2]
+            assert (below < 0.01 * d).all()
+
+
+def test_lit_rock_faces_outshine_the_ground_and_their_shadows_are_dark_ground(frames):
+    bright, dark = [], []
+    for f in frames:
+        luma = f.image[..., 1].astype(np.float32)
+        for k in np.flatnonzero(f.object_kept[2:]):
+            rock = f.object_id == k + 2
+            if rock.sum() < 40:
+                continue
+            around = cv2.dilate(rock.astype(np.uint8), np.ones((9, 9), np.uint8)).astype(bool)
+            beside = around & (f.object_id == GROUND_ID)
+            lit_ground, shade = beside & ~f.shadow, beside & f.shadow
+            lit_face = rock & (f.incidence > 0.5) & ~f.shadow
+            if lit_ground.sum() < 10 or lit_face.sum() < 5:
+                continue
+            level = np.median(luma[lit_ground])
+            bright.append(np.median(luma[lit_face]) > 1.1 * level)
+            if shade.sum() >= 5:
+                dark.append(np.median(luma[shade]) < 0.6 * level)
+                assert (f.raw[shade] == GROUND).all() and (f.clean[shade] == GROUND).all()
+    assert len(bright) >= 20 and np.mean(bright) > 0.8  # a face turned to the sun is brighter than lit regolith
+    assert len(dark) >= 10 and all(dark)  # cast shadows are dark, and they are ground
+
+
+def test_sky_pixels_are_exactly_the_sky_class(frames):
+    for f in frames:
+        assert (f.image[..., 0] == f.image[..., 2]).all()  # rendered scenes are grey before any photo look
+        sky = f.raw == SKY
+        assert f.image[sky].max(initial=0) <= SKY_MAX and f.image[~sky].min() > SKY_MAX
+
+
+def test_views_range_from_horizons_with_sky_to_ground_without(frames, made):
     root, _ = made
-    for i, clean in enumerate(masks(root, "images/clean", "clean"), start=1):
-        image = read_image_rgb(root / f"images/render/render{i:04d}.png")
-        assert (image[..., 0] == image[..., 2]).all()  # rendered scenes are grey
-        sky = clean == SKY
-        assert image[sky].max() <= SKY_MAX  # the black sky is exactly the sky class...
-        assert image[~sky].min() > SKY_MAX  # ...and nothing else is that dark
+    horizon = [f for f in frames if f.view == "horizon"]
+    rover = [f for f in frames if f.view == "rover"]
+    sky_share = np.array([(f.raw == SKY).mean() for f in horizon])
+    assert (sky_share > 0).all() and 0.08 < sky_share.mean() < 0.4  # a black sky above the horizon
+    assert sum(not (f.raw == SKY).any() for f in rover) >= len(rover) // 3  # looking down: no sky at all
+    assert all(f.camera.pitch < -0.15 for f in rover if not (f.raw == SKY).any())
+    renders = [read_mask(root / f"images/clean/clean{i:04d}.png")[0] for i in range(1, COUNT + 1)]
+    assert any((m == SKY).any() for m in renders) and any(not (m == SKY).any() for m in renders)
 
 
-def test_clean_masks_drop_only_tiny_rocks(made):
-    root, summary = made
-    for clean, ground in zip(masks(root, "images/clean", "clean"), masks(root, "images/ground", "ground")):
-        differ = clean != ground
-        assert (clean[differ] == 0).all() and np.isin(ground[differ], [SMALL, LARGE]).all()
-    assert summary["class_share_ground"]["small_rocks"] > summary["class_share"]["small_rocks"]
+def test_rocks_of_both_sizes_as_large_on_screen_as_in_the_real_masks(frames):
+    areas, seen = [], set()
+    for f in frames:
+        seen |= set(np.unique(f.clean).tolist())
+        n, _, stats, _ = cv2.connectedComponentsWithStats((f.clean >= SMALL).astype(np.uint8))
+        areas += [stats[k, cv2.CC_STAT_AREA] / f.clean.size for k in range(1, n)]
+    assert seen == {GROUND, SKY, SMALL, LARGE}
+    # the labelled real photos and renders: median rock 0.16-0.18% of the frame, hardly any under 0.03%
+    assert 0.0007 < np.median(areas) < 0.004 and np.percentile(areas, 5) > 0.0003
 
 
-def test_sky_is_a_top_band_and_every_class_appears(made):
-    root, summary = made
-    seen = set()
-    for clean in masks(root, "images/clean", "clean"):
-        seen |= set(np.unique(clean).tolist())
-        sky_rows = np.flatnonzero((clean == SKY).any(axis=1))
-        assert sky_rows.size and sky_rows[0] == 0 and sky_rows[-1] < H // 2
-        assert 0.03 < (clean == SKY).mean() < 0.45
-    assert seen == {0, 1, 2, 3}
-    assert all(share > 0 for share in summary["class_presence"].values())
-
-
-def test_real_like_photos_look_different(made):
+def test_real_like_photos_look_like_photos(made):
     root, _ = made
-
-    def look(image: np.ndarray, mask: np.ndarray) -> tuple[float, float, float]:
-        g = image[..., 1].astype(np.float32)
-        grain = float((g - cv2.GaussianBlur(g, (0, 0), 1.5))[mask == 0].std())
-        grey = float((image[..., 0] == image[..., 2]).mean())
-        return grey, float(g[mask == SKY].std()), grain
-
-    real = [look(*photo) for photo in real_photos(root, REAL)]
-    rendered = [look(read_image_rgb(root / f"images/render/render{i:04d}.png"),
-                     read_mask(root / f"images/clean/clean{i:04d}.png")[0]) for i in range(1, REAL + 1)]
-    for (grey, sky_noise, _), (r_grey, r_sky_noise, _) in zip(real, rendered):
-        assert grey < 0.5 and r_grey == 1.0  # a colour cast and colour noise
-        assert sky_noise > 3 * max(r_sky_noise, 1.0)  # sensor noise shows in the black sky
-    # blur takes the crisp regolith grain away (an over-exposed photo may gain some back)
-    assert np.median([grain for *_, grain in real]) < np.median([grain for *_, grain in rendered])
+    for image, mask in real_photos(root, REAL):
+        assert (image[..., 0] != image[..., 2]).mean() > 0.5  # a colour cast and colour noise
+        assert not ((image[..., 0] == image[..., 1]) & (image[..., 1] == image[..., 2])).all()
 
 
 def test_real_like_views_include_no_sky_and_close_large_rocks(real_set):
     masks = [mask for _, mask in real_photos(real_set, MANY_REAL)]
     no_sky = np.mean([not (mask == SKY).any() for mask in masks])
-    assert 0.2 <= no_sky <= 0.6  # cameras looking down at the ground, as in many Chang'e-3 photos
-    assert sum((mask == LARGE).mean() > 0.1 for mask in masks) >= 2  # a large rock right in front of the camera
+    assert 0.3 <= no_sky <= 0.9  # cameras looking down at the ground, as in most Chang'e-3 photos
+    assert sum((mask == LARGE).mean() > 0.03 for mask in masks) >= 2  # a large rock close to the camera
     assert all((mask == GROUND).mean() > 0.3 for mask in masks)
+    assert all((mask == SKY).mean() < 0.2 for mask in masks)  # at most a band of sky at the top
 
 
 def test_real_like_tint_and_exposure_vary(real_set):
-    red_blue, brightness, clipped = [], [], []
+    red_blue, brightness = [], []
     for image, mask in real_photos(real_set, MANY_REAL):
-        lit = image[mask != SKY].astype(np.float32)
-        red_blue.append(lit[:, 0].mean() / lit[:, 2].mean())
-        brightness.append(lit.mean())
-        clipped.append((image == 255).any(axis=-1).mean())
-    assert min(red_blue) < 1.0 and max(red_blue) > 1.4  # slightly cool to strongly brown
-    assert max(brightness) > 2.5 * min(brightness)  # under- and over-exposed photos
-    assert max(clipped) > 0.02  # over-exposure clips the highlights
+        ground = image[mask == GROUND].astype(np.float32)
+        red_blue.append(ground[:, 0].mean() / ground[:, 2].mean())
+        brightness.append(ground.mean())
+    assert min(red_blue) < 1.05 and max(red_blue) > 1.25  # nearly neutral to brown
+    assert max(brightness) > 1.5 * min(brightness)  # under- and over-exposed photos
 
 
-def test_real_like_scenes_keep_exact_masks():
-    """Looking down with no sky, or with a close rock hiding the horizon, the mask still follows the pixels."""
-    no_sky = close_rock = 0
-    for i in range(12):
-        image, raw, clean = render_scene(np.random.default_rng(i), 160, 96, real=True)
-        sky = raw == SKY
-        assert image[sky].max(initial=0) <= SKY_MAX and image[~sky].min() > SKY_MAX
-        assert ((clean == raw) | (clean == GROUND)).all()
-        no_sky += not sky.any()
-        close_rock += (clean == LARGE).mean() > 0.1
-    assert no_sky and close_rock
-
-
-def test_scene_statistics_look_like_the_dataset():
-    """Over many scenes: most have small and large rocks, sky ~10-30%, rocks grow toward the bottom."""
-    stats = []
-    near_far = []
-    for i in range(40):
-        _, _, clean = render_scene(np.random.default_rng(i), 160, 96)
-        stats.append(((clean == SKY).mean(), (clean == SMALL).any(), (clean == LARGE).any()))
-        n, labels, boxes, centres = cv2.connectedComponentsWithStats((clean == LARGE).astype(np.uint8))
-        near_far += [(centres[k][1], boxes[k][cv2.CC_STAT_AREA]) for k in range(1, n)]
-    sky, small, large = (np.array(col, dtype=float) for col in zip(*stats))
-    assert 0.1 < sky.mean() < 0.3
-    assert 0.75 <= small.mean() <= 1.0 and 0.5 <= large.mean() <= 0.95
-    rows, areas = np.array(near_far).T
-    assert areas[rows > 96 * 0.7].mean() > 2 * areas[rows < 96 * 0.45].mean()
-
-
-def test_rocks_are_drawn_far_to_near_so_near_ones_cover_far_ones():
-    for i in range(5):
-        rng = np.random.default_rng(i)
-        rocks = sample_rocks(rng, sample_scene(rng, 480, 320))
-        rows = [rock.y for rock in rocks]
-        assert len(rocks) > 10 and rows == sorted(rows)
-        # lower in the frame is nearer (the roll is a few degrees at most)
-        near, far = rocks[len(rocks) // 2:], rocks[:len(rocks) // 2]
-        assert np.mean([r.depth for r in near]) < np.mean([r.depth for r in far])
+def test_fine_quality_casts_more_rays_per_pixel():
+    f = render_frame(np.random.default_rng(1), 64, 48, view="rover", quality="fine")
+    assert f.ray_object.shape == (96, 128) and f.image.shape == (48, 64, 3)
+    blocks = f.ray_object.reshape(48, 2, 64, 2).transpose(0, 2, 1, 3).reshape(48, 64, 4)
+    share = (blocks == f.object_id[..., None]).sum(axis=2)
+    most = np.max([(blocks == blocks[..., j:j + 1]).sum(axis=2) for j in range(4)], axis=0)
+    assert (share == most).all()  # each pixel takes the object most of its rays meet
+    assert (f.raw == f.object_class[f.object_id]).all()
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -230,9 +248,15 @@ def test_rocks_are_drawn_far_to_near_so_near_ones_cover_far_ones():
     ({"height": 31}, "at least 32x32"),
     ({"seed": -1}, "seed must be 0 or more"),
     ({"workers": 0}, "workers must be at least 1"),
+    ({"quality": "best"}, "quality must be one of fast, fine"),
 ])
 def test_bad_arguments_are_one_line_errors(tmp_path, kwargs, message):
     args = {"count": 2, "real_count": 0, "width": 64, "height": 48, "seed": 0, "workers": 1, "progress": False}
     with pytest.raises(LunarError, match=message):
         generate_synthetic(tmp_path / "data", **{**args, **kwargs})
     assert not (tmp_path / "data").exists()  # nothing written before the arguments are checked
+
+
+def test_bad_views_are_one_line_errors():
+    with pytest.raises(LunarError, match="view must be horizon or rover"):
+        render_frame(np.random.default_rng(0), 64, 48, view="orbit")
