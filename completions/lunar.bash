@@ -13,6 +13,7 @@ _lunar() {
         --cache-dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --checksum) return ;;
         --class-weights) return ;;
+        --confidence) return ;;
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --count) return ;;
         --crop-size) return ;;
@@ -31,6 +32,7 @@ _lunar() {
         --loss) COMPREPLY=($(compgen -W "ce dice focal ce+dice" -- "$cur")); return ;;
         --lr) return ;;
         --mask-source) COMPREPLY=($(compgen -W "clean ground" -- "$cur")); return ;;
+        --mode) COMPREPLY=($(compgen -W "bn self-train" -- "$cur")); return ;;
         --models) return ;;
         --models-dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -50,6 +52,7 @@ _lunar() {
         --seed) return ;;
         --source|-s) return ;;
         --split) return ;;
+        --teacher) COMPREPLY=($(compgen -W "fixed ema" -- "$cur")); return ;;
         --test) return ;;
         --train) return ;;
         --val) return ;;
@@ -57,7 +60,7 @@ _lunar() {
         --workers) return ;;
     esac
     case "$cmd" in
-        "") COMPREPLY=($(compgen -W "fetch split eda train evaluate predict compare export --version -V --debug --help -h" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "fetch split eda train evaluate predict compare export adapt --version -V --debug --help -h" -- "$cur")) ;;
         fetch) COMPREPLY=($(compgen -W "--source -s --data-dir --count --real-count --width --height --force --models --models-dir --checksum --seed --config -c --json --help -h" -- "$cur")) ;;
         split) COMPREPLY=($(compgen -W "--data-dir --train --val --test --mask-source --strict --seed --config -c --json --help -h" -- "$cur")) ;;
         eda) COMPREPLY=($(compgen -W "--data-dir --out -o --sample --mask-source --workers --seed --runs-dir --config -c --json --help -h" -- "$cur")) ;;
@@ -66,6 +69,7 @@ _lunar() {
         predict) COMPREPLY=($(compgen -W "--output -o --model -m --format -f --tile --overlap --hazard --hazard-margin --uncertainty --tta --batch-size --strict --device --amp --no-amp --channels-last --no-channels-last --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         compare) COMPREPLY=($(compgen -W "--out -o --images --cache-dir --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         export) COMPREPLY=($(compgen -W "--output -o --format -f --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        adapt) COMPREPLY=($(compgen -W "--mode --epochs --lr --confidence --teacher --loss --batch-size --crop-size --limit --name --seed --device --amp --no-amp --channels-last --no-channels-last --runs-dir --config -c --json --help -h" -- "$cur")) ;;
     esac
 }
 complete -o default -F _lunar lunar

@@ -124,4 +124,4 @@ def test_every_option_of_every_command_is_a_config_key_or_a_declared_input():
                 flag_key(name, param)
             except KeyError:
                 unmapped.append(f"lunar {name} {param}")
-    assert len(app.registered_commands) == 8 and not unmapped, unmapped
+    assert len(app.registered_commands) == 9 and not unmapped, unmapped

@@ -23,7 +23,8 @@ from lunar_cli.runtime import set_environment_defaults
 __all__ = ["app", "main", "run"]
 
 COMMANDS = (data_commands.fetch, data_commands.split, data_commands.eda, model_commands.train,
-            model_commands.evaluate, model_commands.predict, model_commands.compare, model_commands.export)  # fmt: skip
+            model_commands.evaluate, model_commands.predict, model_commands.compare, model_commands.export,
+            model_commands.adapt)  # fmt: skip
 for _command in COMMANDS:
     app.command()(_command)
 
