@@ -10,6 +10,7 @@ _lunar() {
     case "$prev" in
         --backbone|-b) return ;;
         --batch-size) return ;;
+        --batch-window-ms) return ;;
         --cache-dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --checksum) return ;;
         --class-weights) return ;;
@@ -24,6 +25,7 @@ _lunar() {
         --format|-f) COMPREPLY=($(compgen -W "onnx torchscript" -- "$cur")); return ;;
         --hazard-margin) return ;;
         --height) return ;;
+        --host) return ;;
         --image-size) return ;;
         --images) return ;;
         --init) return ;;
@@ -31,6 +33,9 @@ _lunar() {
         --loss) COMPREPLY=($(compgen -W "ce dice focal ce+dice" -- "$cur")); return ;;
         --lr) return ;;
         --mask-source) COMPREPLY=($(compgen -W "clean ground" -- "$cur")); return ;;
+        --max-pending) return ;;
+        --max-pixels) return ;;
+        --max-upload-mb) return ;;
         --models) return ;;
         --models-dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -40,6 +45,7 @@ _lunar() {
         --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --overlap) return ;;
         --patience) return ;;
+        --port) return ;;
         --real-count) return ;;
         --recipe) COMPREPLY=($(compgen -W "default seed" -- "$cur")); return ;;
         --resume) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -57,7 +63,7 @@ _lunar() {
         --workers) return ;;
     esac
     case "$cmd" in
-        "") COMPREPLY=($(compgen -W "fetch split eda train evaluate predict compare export --version -V --debug --help -h" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "fetch split eda train evaluate predict compare export serve --version -V --debug --help -h" -- "$cur")) ;;
         fetch) COMPREPLY=($(compgen -W "--source -s --data-dir --count --real-count --width --height --force --models --models-dir --checksum --seed --config -c --json --help -h" -- "$cur")) ;;
         split) COMPREPLY=($(compgen -W "--data-dir --train --val --test --mask-source --strict --seed --config -c --json --help -h" -- "$cur")) ;;
         eda) COMPREPLY=($(compgen -W "--data-dir --out -o --sample --mask-source --workers --seed --runs-dir --config -c --json --help -h" -- "$cur")) ;;
@@ -66,6 +72,7 @@ _lunar() {
         predict) COMPREPLY=($(compgen -W "--output -o --model -m --format -f --tile --overlap --hazard --hazard-margin --uncertainty --tta --batch-size --strict --device --amp --no-amp --channels-last --no-channels-last --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         compare) COMPREPLY=($(compgen -W "--out -o --images --cache-dir --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         export) COMPREPLY=($(compgen -W "--output -o --format -f --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        serve) COMPREPLY=($(compgen -W "--model -m --host --port --max-upload-mb --max-pixels --batch-size --batch-window-ms --max-pending --hazard-margin --tta --device --amp --no-amp --channels-last --no-channels-last --runs-dir --config -c --help -h" -- "$cur")) ;;
     esac
 }
 complete -o default -F _lunar lunar

@@ -100,7 +100,7 @@ def test_no_function_is_longer_than_80_lines():
 
 
 # Options of a command that are its inputs, not settings: everything else a command takes is a config key.
-COMMAND_INPUTS = {"train": {"resume"}, "predict": {"output", "model"}, "export": {"output"}}
+COMMAND_INPUTS = {"train": {"resume"}, "predict": {"output", "model"}, "export": {"output"}, "serve": {"model"}}
 
 
 def test_every_option_of_every_command_is_a_config_key_or_a_declared_input():
@@ -124,4 +124,4 @@ def test_every_option_of_every_command_is_a_config_key_or_a_declared_input():
                 flag_key(name, param)
             except KeyError:
                 unmapped.append(f"lunar {name} {param}")
-    assert len(app.registered_commands) == 8 and not unmapped, unmapped
+    assert len(app.registered_commands) == 9 and not unmapped, unmapped
