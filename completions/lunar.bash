@@ -10,6 +10,7 @@ _lunar() {
     case "$prev" in
         --backbone|-b) return ;;
         --batch-size) return ;;
+        --batch-window-ms) return ;;
         --cache-dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --calibration-frames) return ;;
         --checksum) return ;;
@@ -28,6 +29,7 @@ _lunar() {
         --fps) return ;;
         --hazard-margin) return ;;
         --height) return ;;
+        --host) return ;;
         --image-size) return ;;
         --images) return ;;
         --init) return ;;
@@ -35,6 +37,9 @@ _lunar() {
         --loss) COMPREPLY=($(compgen -W "ce dice focal ce+dice" -- "$cur")); return ;;
         --lr) return ;;
         --mask-source) COMPREPLY=($(compgen -W "clean ground" -- "$cur")); return ;;
+        --max-pending) return ;;
+        --max-pixels) return ;;
+        --max-upload-mb) return ;;
         --mode) COMPREPLY=($(compgen -W "bn self-train bn+self-train" -- "$cur")); return ;;
         --models) return ;;
         --models-dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -45,6 +50,7 @@ _lunar() {
         --out|-o) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --overlap) return ;;
         --patience) return ;;
+        --port) return ;;
         --real-count) return ;;
         --recipe) COMPREPLY=($(compgen -W "default seed" -- "$cur")); return ;;
         --resume) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -65,7 +71,7 @@ _lunar() {
         --workers) return ;;
     esac
     case "$cmd" in
-        "") COMPREPLY=($(compgen -W "fetch split eda train evaluate predict compare export benchmark adapt --version -V --debug --help -h" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "fetch split eda train evaluate predict compare export benchmark adapt serve --version -V --debug --help -h" -- "$cur")) ;;
         fetch) COMPREPLY=($(compgen -W "--source -s --data-dir --count --real-count --width --height --force --models --models-dir --checksum --seed --config -c --json --help -h" -- "$cur")) ;;
         split) COMPREPLY=($(compgen -W "--data-dir --train --val --test --mask-source --strict --seed --config -c --json --help -h" -- "$cur")) ;;
         eda) COMPREPLY=($(compgen -W "--data-dir --out -o --sample --mask-source --workers --seed --runs-dir --config -c --json --help -h" -- "$cur")) ;;
@@ -76,6 +82,7 @@ _lunar() {
         export) COMPREPLY=($(compgen -W "--output -o --format -f --int8 --calibration-frames --data-dir --cache-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         benchmark) COMPREPLY=($(compgen -W "--split --runs --warmup --batch-size --calibration-frames --limit --workers --cache-dir --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         adapt) COMPREPLY=($(compgen -W "--mode --epochs --lr --confidence --teacher --loss --class-weights --batch-size --crop-size --limit --name --seed --device --amp --no-amp --channels-last --no-channels-last --runs-dir --config -c --json --help -h" -- "$cur")) ;;
+        serve) COMPREPLY=($(compgen -W "--model -m --host --port --max-upload-mb --max-pixels --batch-size --batch-window-ms --max-pending --hazard-margin --tta --device --amp --no-amp --channels-last --no-channels-last --runs-dir --config -c --help -h" -- "$cur")) ;;
     esac
 }
 complete -o default -F _lunar lunar

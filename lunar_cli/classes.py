@@ -13,7 +13,14 @@ import cv2
 import numpy as np
 
 from lunar_cli.console import LunarError
-from lunar_cli.data.probe import MAX_PIXELS, PNG_SIGNATURE, check_pixel_budget, check_png_chunks, probe_image
+from lunar_cli.data.probe import (
+    MAX_PIXELS,
+    PNG_SIGNATURE,
+    check_pixel_budget,
+    check_png_chunks,
+    probe_bytes,
+    probe_image,
+)
 from lunar_cli.files import atomic_path
 
 
@@ -131,15 +138,31 @@ def decode_image_file(path: Path, what: str = "image", max_pixels: int | None = 
         data = np.fromfile(str(path), dtype=np.uint8)  # fromfile copes with non-UTF-8 names
     except OSError as exc:
         raise LunarError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    return _decode_checked(data, path, what)
+
+
+def decode_image_bytes(data: bytes, name: str, what: str = "image", max_pixels: int | None = None) -> np.ndarray:
+    """Return the pixels of an image held in memory (an upload), as ``decode_image_file`` gives a file's.
+
+    The same checks, in the same order: header and end marker, the pixel budget before
+    decoding, PNG chunk checksums; ``name`` stands for the image in messages.
+    """
+    width, height = probe_bytes(data, name)
+    check_pixel_budget(name, width, height, max_pixels or MAX_PIXELS)
+    return _decode_checked(np.frombuffer(data, dtype=np.uint8), name, what)
+
+
+def _decode_checked(data: np.ndarray, name: Path | str, what: str) -> np.ndarray:
+    """Return the decoded pixels of a probed image's bytes (RGB(A) order), checking a PNG's chunks first."""
     if data[:8].tobytes() == PNG_SIGNATURE:
-        check_png_chunks(data.data, path)
+        check_png_chunks(data.data, name)
     # IMREAD_UNCHANGED keeps alpha and 16 bits but ignores EXIF rotation; JPEGs have
     # neither, so they are read with IMREAD_COLOR, which applies the orientation.
     is_jpeg = data[:2].tobytes() == b"\xff\xd8"
     flags = cv2.IMREAD_COLOR if is_jpeg else cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH
     img = cv2.imdecode(data, flags)
     if img is None:
-        raise LunarError(f"{path}: not a readable {what} (corrupt, truncated or unsupported format)")
+        raise LunarError(f"{name}: not a readable {what} (corrupt, truncated or unsupported format)")
     if img.ndim == 3 and img.shape[2] == 4:
         return cv2.cvtColor(img, cv2.COLOR_BGRA2RGBA)
     if img.ndim == 3 and img.shape[2] == 3:
@@ -160,14 +183,19 @@ def read_mask(path: Path) -> tuple[np.ndarray, float]:
     return decode_mask(decode_image_file(path, "mask"), str(path))
 
 
-def write_png_atomic(path: Path, rgb_or_gray: np.ndarray) -> None:
-    """Write an RGB (H, W, 3) or single-channel (H, W) uint8 array as PNG, atomically."""
-
+def encode_png(rgb_or_gray: np.ndarray, what: str = "image") -> bytes:
+    """Return an RGB (H, W, 3) or single-channel (H, W) uint8 array as PNG bytes."""
     a = np.asarray(rgb_or_gray)
     if a.ndim == 3:
         a = cv2.cvtColor(a, cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".png", a)
     if not ok:
-        raise LunarError(f"{path}: could not encode PNG")
+        raise LunarError(f"{what}: could not encode PNG")
+    return buf.tobytes()
+
+
+def write_png_atomic(path: Path, rgb_or_gray: np.ndarray) -> None:
+    """Write an RGB (H, W, 3) or single-channel (H, W) uint8 array as PNG, atomically."""
+    data = encode_png(rgb_or_gray, str(path))
     with atomic_path(Path(path)) as tmp:
-        tmp.write_bytes(buf.tobytes())
+        tmp.write_bytes(data)

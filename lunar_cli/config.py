@@ -179,6 +179,19 @@ class BenchmarkConfig:
 
 
 @dataclass
+class ServeConfig:
+    """The web page and HTTP API on one loaded model (``lunar serve``)."""
+
+    host: str = "127.0.0.1"  # address to listen on; 0.0.0.0 serves every network (no authentication: trusted networks only)
+    port: int = 8000  # TCP port; 0: any free port (the start line says which)
+    max_upload_mb: float = 32.0  # largest request body accepted, megabytes (bigger: HTTP 413)
+    max_pixels: int = MAX_PIXELS  # largest image accepted, pixels, read from its header before decoding (bigger: HTTP 413)
+    batch_size: Union[int, None] = None  # most frames of one size run in one forward pass; null: 1 on a CPU (faster there, bench/RESULTS.md), 8 on a GPU
+    batch_window_ms: float = 0.0  # how long a frame waits for others to batch with; 0: only those that queued while the model was busy
+    max_pending: int = 32  # requests in progress at once; more are refused with HTTP 503 (bounds memory)
+
+
+@dataclass
 class CompareConfig:
     """Comparing trained runs (``lunar compare``)."""
 
@@ -222,6 +235,7 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
@@ -248,6 +262,8 @@ LIMITS: dict[str, tuple[float, float]] = {
     "predict.every": (1, 1_000_000), "predict.fps": (0.01, 10_000),
     "export.calibration_frames": (1, 10_000),
     "benchmark.runs": (1, 10_000), "benchmark.warmup": (0, 1000), "benchmark.batch_size": (1, 1024),
+    "serve.port": (0, 65535), "serve.max_upload_mb": (0.001, 1024), "serve.max_pixels": (1, MAX_PIXELS),
+    "serve.batch_size": (1, 256), "serve.batch_window_ms": (0, 1000), "serve.max_pending": (1, 10_000),
     "compare.images": (1, 64),
     "adapt.epochs": (1, 10_000), "adapt.lr": (1e-8, 1), "adapt.confidence": (0, 0.999), "adapt.batch_size": (1, 1024),
     "adapt.crop_size": (32, 4096), "adapt.limit": (1, 1_000_000_000),
@@ -320,6 +336,7 @@ COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
     "train": ("train", "data", ""), "evaluate": ("evaluate", "data", ""), "predict": ("predict", ""),
     "compare": ("compare", "data", ""), "export": ("export", "data", ""), "benchmark": ("benchmark", "export", "data", ""),
     "adapt": ("adapt", ""),
+    "serve": ("serve", "predict", ""),
 }
 
 

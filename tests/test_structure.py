@@ -100,7 +100,7 @@ def test_no_function_is_longer_than_80_lines():
 
 
 # Options of a command that are its inputs, not settings: everything else a command takes is a config key.
-COMMAND_INPUTS = {"train": {"resume"}, "predict": {"output", "model"}, "export": {"output"}}
+COMMAND_INPUTS = {"train": {"resume"}, "predict": {"output", "model"}, "export": {"output"}, "serve": {"model"}}
 
 
 def test_every_option_of_every_command_is_a_config_key_or_a_declared_input():

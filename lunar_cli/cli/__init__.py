@@ -4,7 +4,7 @@ Every command follows the same path: its flags (None when not given; each named 
 config field it sets) -> ``config.command_config`` (defaults, then ``--config`` YAML, then
 flags) -> one ``*_command`` function of the library -> a rich table on stdout, or JSON
 with ``--json``. Errors are one line on stderr and an exit code. The commands are defined
-in ``data_commands``, ``model_commands`` and ``benchmark_commands`` and registered here, in the order
+in ``data_commands``, ``model_commands``, ``benchmark_commands`` and ``serve_command`` and registered here, in the order
 ``lunar --help`` lists them.
 """
 
@@ -15,7 +15,7 @@ import sys
 import typer
 
 from lunar_cli import console
-from lunar_cli.cli import benchmark_commands, data_commands, model_commands
+from lunar_cli.cli import benchmark_commands, data_commands, model_commands, serve_command
 from lunar_cli.cli.app import app
 from lunar_cli.console import LunarError
 from lunar_cli.runtime import set_environment_defaults
@@ -24,7 +24,7 @@ __all__ = ["app", "main", "run"]
 
 COMMANDS = (data_commands.fetch, data_commands.split, data_commands.eda, model_commands.train,
             model_commands.evaluate, model_commands.predict, model_commands.compare, model_commands.export,
-            benchmark_commands.benchmark, model_commands.adapt)  # fmt: skip
+            benchmark_commands.benchmark, model_commands.adapt, serve_command.serve)  # fmt: skip
 for _command in COMMANDS:
     app.command()(_command)
 

@@ -7,6 +7,7 @@ one is named in one line before the decoder prints its own noise.
 
 from __future__ import annotations
 
+import io
 import stat
 import struct
 import zlib
@@ -40,33 +41,47 @@ def probe_image(path: Path) -> tuple[int, int]:
         if not stat.S_ISREG(info.st_mode):
             kind = "folder" if stat.S_ISDIR(info.st_mode) else "FIFO" if stat.S_ISFIFO(info.st_mode) else "special file"
             raise LunarError(f"{path}: not a regular file (a {kind}); give an image file")
-        size = info.st_size
-        if size == 0:
+        if info.st_size == 0:
             raise LunarError(f"{path}: file is empty")
         with path.open("rb") as fh:
-            head = fh.read(32)
-            fh.seek(max(0, size - 12))
-            tail = fh.read(12)
+            return _probe_stream(fh, info.st_size, path)
     except FileNotFoundError as exc:
         raise LunarError(f"{path}: no such file") from exc
     except OSError as exc:
         raise LunarError(f"{path}: cannot read ({exc.strerror})") from exc
+
+
+def probe_bytes(data: bytes, name: str) -> tuple[int, int]:
+    """Return (width, height) of an image held in memory (an upload), with the checks ``probe_image`` makes of files.
+
+    ``name`` stands for the image in messages (an upload's file name).
+    """
+    if not data:
+        raise LunarError(f"{name}: empty (no image bytes); send a PNG, JPEG, TIFF or BMP image")
+    return _probe_stream(io.BytesIO(data), len(data), name)
+
+
+def _probe_stream(fh: BinaryIO, size: int, name: Path | str) -> tuple[int, int]:
+    """Return (width, height) of the image in ``fh`` (``size`` bytes long) from its header, checking its end marker."""
+    head = fh.read(32)
+    fh.seek(max(0, size - 12))
+    tail = fh.read(12)
     if head.startswith(PNG_SIGNATURE):
         if head[12:16] != b"IHDR" or len(head) < 24:
-            raise LunarError(f"{path}: damaged PNG header")
+            raise LunarError(f"{name}: damaged PNG header")
         if not tail.endswith(b"IEND\xaeB`\x82"):
-            raise LunarError(f"{path}: truncated PNG (no end marker)")
+            raise LunarError(f"{name}: truncated PNG (no end marker)")
         width, height = struct.unpack(">II", head[16:24])
         return int(width), int(height)
     if head.startswith(b"\xff\xd8"):
         if b"\xff\xd9" not in tail:
-            raise LunarError(f"{path}: truncated JPEG (no end marker)")
-        return _jpeg_size(path)
+            raise LunarError(f"{name}: truncated JPEG (no end marker)")
+        return _jpeg_size(fh, name)
     if head.startswith(TIFF_SIGNATURES):
-        return _tiff_size(path, size)
+        return _tiff_size(fh, size, name)
     if head.startswith(b"BM") and len(head) >= 26:
-        return _bmp_size(path, head, size)
-    raise LunarError(f"{path}: not a PNG, JPEG, TIFF or BMP image")
+        return _bmp_size(name, head, size)
+    raise LunarError(f"{name}: not a PNG, JPEG, TIFF or BMP image")
 
 
 def check_pixel_budget(path: Path, width: int, height: int, limit: int = MAX_PIXELS) -> None:
@@ -128,14 +143,14 @@ def _exif_orientation(app1: bytes) -> int:
     return 1
 
 
-def _jpeg_size(path: Path) -> tuple[int, int]:
+def _jpeg_size(fh: BinaryIO, path: Path | str) -> tuple[int, int]:
     """Return (width, height) of a JPEG as it is shown: EXIF orientations 5-8 swap the stored sides.
 
     ``classes.decode_image_file`` turns JPEGs upright the same way, so a mask drawn on
     the upright photo matches.
     """
-    with path.open("rb") as fh:
-        data = fh.read(1 << 20)
+    fh.seek(0)
+    data = fh.read(1 << 20)
     orientation = 1
     i = 2
     while i + 9 < len(data):
@@ -156,29 +171,29 @@ def _jpeg_size(path: Path) -> tuple[int, int]:
     raise LunarError(f"{path}: JPEG without a frame header")
 
 
-def _tiff_size(path: Path, size: int) -> tuple[int, int]:
+def _tiff_size(fh: BinaryIO, size: int, path: Path | str) -> tuple[int, int]:
     """Return (width, height) of a TIFF's first image; raise if its directory or pixel data lies past the end.
 
     Reads the header, the first directory and its strip (or tile) tables, wherever they are
     in the file: writers such as OpenCV's put the directory after the pixels.
     """
-    with path.open("rb") as fh:
-        try:
-            order = "<" if fh.read(2) == b"II" else ">"
-            fh.seek(4)
-            (ifd,) = struct.unpack(order + "I", fh.read(4))
-            fh.seek(ifd)
-            (count,) = struct.unpack(order + "H", fh.read(2))
-            fh.seek(ifd)
-            entries = _ifd_entries(fh.read(2 + 12 * count), 0, order)
-            fields = {tag: (kind, n, value) for tag, kind, n, value in entries}
-            width = _tiff_ints(fh, order, *fields[256])[0]
-            height = _tiff_ints(fh, order, *fields[257])[0]
-            offsets, counts = (273, 279) if 273 in fields else (324, 325)  # strips, or tiles
-            pieces = zip(_tiff_ints(fh, order, *fields[offsets]), _tiff_ints(fh, order, *fields[counts]))
-            end = max((offset + length for offset, length in pieces), default=0)
-        except (struct.error, KeyError, IndexError) as exc:  # a short read or a missing field
-            raise LunarError(f"{path}: damaged or truncated TIFF header") from exc
+    try:
+        fh.seek(0)
+        order = "<" if fh.read(2) == b"II" else ">"
+        fh.seek(4)
+        (ifd,) = struct.unpack(order + "I", fh.read(4))
+        fh.seek(ifd)
+        (count,) = struct.unpack(order + "H", fh.read(2))
+        fh.seek(ifd)
+        entries = _ifd_entries(fh.read(2 + 12 * count), 0, order)
+        fields = {tag: (kind, n, value) for tag, kind, n, value in entries}
+        width = _tiff_ints(fh, order, *fields[256])[0]
+        height = _tiff_ints(fh, order, *fields[257])[0]
+        offsets, counts = (273, 279) if 273 in fields else (324, 325)  # strips, or tiles
+        pieces = zip(_tiff_ints(fh, order, *fields[offsets]), _tiff_ints(fh, order, *fields[counts]))
+        end = max((offset + length for offset, length in pieces), default=0)
+    except (struct.error, KeyError, IndexError) as exc:  # a short read or a missing field
+        raise LunarError(f"{path}: damaged or truncated TIFF header") from exc
     if end > size:
         raise LunarError(f"{path}: truncated TIFF (pixel data past the end of the file)")
     return int(width), int(height)
