@@ -46,7 +46,7 @@ def exported_meta(model: TorchModel) -> dict:
     meta, rule = model.spec.meta, model.spec.frame_size  # also for checkpoints from before frame_size existed
     return {
         "format": FORMAT, "format_version": 1, **{k: meta[k] for k in keep if k in meta},
-        "frame_size": {"scale": rule.scale, "square": rule.square},
+        "frame_size": rule.as_meta(),
         "pad_multiple": model.spec.pad_multiple, "normalization_in_graph": model.spec.normalization,
         "input": "uint8 RGB (N, H, W, 3); H and W multiples of pad_multiple; frames at frame_size of the photo",
         "output": "float32 logits (N, C, H, W); probabilities: softmax(logits / calibration.temperature)",

@@ -2,8 +2,8 @@
 
 Torch-free (NumPy and OpenCV), so that training's cache, PyTorch inference and ONNX
 inference all size, pad and normalise frames by the same rules. A model is fed frames at
-the size it was trained at (``FrameSize``: a share of each frame's own size, or the
-study's squashed square), centred in the next multiple of its padding multiple with edge
+the size it was trained at (``FrameSize``: a share of each frame's own size, a fixed height
+with the aspect kept, or the study's squashed square), centred in the next multiple of its padding multiple with edge
 pixels repeated, then normalised per channel.
 """
 
@@ -21,19 +21,30 @@ DEFAULT_WINDOW = 512  # tile window at the model's scale, for models trained on 
 
 @dataclass(frozen=True)
 class FrameSize:
-    """How a frame of H x W pixels is sized for the model: ``scale`` of its own size, or a fixed ``square``."""
+    """How a frame of H x W pixels is sized for the model: ``scale`` of its own size, a fixed ``height``, or a ``square``."""
     scale: float = 1.0
     square: int | None = None  # the study's recipe: every frame squashed to square x square
+    # Every frame resized to this height, its aspect kept: rocks come out the size in pixels they had in the
+    # training frames whatever the photo's resolution (the built-in model: 320, its scenes' height).
+    height: int | None = None
 
     def of(self, height: int, width: int) -> tuple[int, int]:
         """Return the (height, width) a frame of ``height`` x ``width`` has at the model's size."""
         if self.square is not None:
             return self.square, self.square
+        if self.height is not None:
+            return self.height, max(1, round(width * self.height / height))
         return max(1, round(height * self.scale)), max(1, round(width * self.scale))
 
     def describe(self) -> str:
-        """Return the rule in words, for logs and results ("scale 0.5", "squashed to 256x256")."""
-        return f"squashed to {self.square}x{self.square}" if self.square is not None else f"scale {self.scale:g}"
+        """Return the rule in words, for logs and results ("scale 0.5", "height 320", "squashed to 256x256")."""
+        if self.square is not None:
+            return f"squashed to {self.square}x{self.square}"
+        return f"height {self.height}" if self.height is not None else f"scale {self.scale:g}"
+
+    def as_meta(self) -> dict[str, Any]:
+        """Return the rule as a model file records it (``ModelSpec.frame_size`` reads it back)."""
+        return {"scale": float(self.scale), "square": self.square, **({"height": self.height} if self.height else {})}
 
 
 def resize_image(img: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -35,10 +35,10 @@ class ModelSpec:
 
     @property
     def frame_size(self) -> FrameSize:
-        """How photos are sized for this model: the scale it was trained at, or the study's square."""
+        """How photos are sized for this model: the scale it was trained at, a fixed height, or the study's square."""
         rule = self.meta.get("frame_size")
         if rule is not None:
-            return FrameSize(scale=float(rule["scale"]), square=rule.get("square"))
+            return FrameSize(scale=float(rule["scale"]), square=rule.get("square"), height=rule.get("height"))
         return FrameSize(square=int(self.meta["image_size"][0]))  # checkpoints from before scales existed
 
     @property
@@ -98,6 +98,10 @@ def check_numbers(meta: dict[str, Any], name: str) -> None:
             and all(finite(v) for v in mean) and all(finite(v) and v > 0 for v in std)):  # fmt: skip
         raise LunarError(f"{name}: damaged model (normalisation mean {mean}, std {std}: 3 finite numbers each, "
                          "std above 0); retrain or export the model again")  # fmt: skip
+    height = (meta.get("frame_size") or {}).get("height")
+    if height is not None and not (isinstance(height, int) and not isinstance(height, bool) and 8 <= height <= 8192):
+        raise LunarError(f"{name}: damaged model (frame_size height {height!r}: a whole number of pixels, 8 to 8192); "
+                         "export the model again")  # fmt: skip
     calibration = meta.get("calibration") or {}
     for key, ok in (("temperature", lambda v: finite(v) and v > 0), ("ood_threshold", finite)):
         if calibration.get(key) is not None and not ok(calibration[key]):

@@ -245,3 +245,32 @@ def test_bad_models_and_options_are_one_line_errors(native, exported, tmp_path, 
         locked.mkdir(mode=0o500)
         result = cli("export", native, "-o", locked / "m.onnx")
         assert result.code == 1 and "not writable" in result.err and not list(locked.iterdir())
+
+
+def test_a_model_fed_at_a_fixed_height_sees_every_photo_at_that_height_and_gives_masks_at_the_photos_size(cli, tmp_path):
+    from lunar_cli.frames import FrameSize, model_scale_frames
+    from lunar_cli.models.checkpoint import load_checkpoint, save_checkpoint
+    from lunar_cli.onnx_model import load_onnx
+    from lunar_cli.torch_model import load_model
+
+    path = save_model(tmp_path / "h32.pt", square=None, height=32, base_width=4, depth=2)
+    model = load_model(path, "cpu", amp=False, channels_last=False)
+    assert model.spec.frame_size == FrameSize(height=32) and model.spec.frame_size.describe() == "height 32"
+    (small,) = make_photos(tmp_path / "in", 1, size=(64, 96), seed=3)
+    big = tmp_path / "in" / "big.png"
+    cv2.imwrite(str(big), cv2.resize(cv2.imread(str(small)), (192, 128), interpolation=cv2.INTER_NEAREST))
+    frames = [model_scale_frames(model.spec.frame_size, [read_image_rgb(p)]) for p in (small, big)]
+    assert frames[0].shape == (1, 32, 48, 3) and np.abs(frames[0].astype(int) - frames[1]).max() <= 1  # aspect kept
+    result = cli("predict", small, big, "-o", tmp_path / "masks", "--model", path, "--format", "index", "--json")
+    assert result.code == 0, result.err
+    masks = {p.stem: cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in (tmp_path / "masks").iterdir()}
+    assert masks[small.stem].shape == (64, 96) and masks["big"].shape == (128, 192)
+
+    out = tmp_path / "h32.onnx"
+    assert cli("export", path, "-o", out, "--json").code == 0
+    assert load_onnx(out).spec.frame_size == FrameSize(height=32)  # the exported file keeps the rule
+
+    ckpt = load_checkpoint(path)
+    save_checkpoint(path, model_state=ckpt["model"], meta={**ckpt["meta"], "frame_size": {"scale": 1.0, "height": 0}})
+    result = cli("predict", small, "-o", tmp_path / "x.png", "--model", path)
+    assert result.code != 0 and "frame_size height 0" in result.err and len(result.err.strip().splitlines()) == 1

@@ -24,10 +24,11 @@ from lunar_cli.predict_files import output_names
 REPO = Path(__file__).resolve().parents[1]
 
 
-def save_model(path: Path, square: int | None = 64, seed: int = 0, scale: float = 1.0, **model_kwargs) -> Path:
+def save_model(path: Path, square: int | None = 64, seed: int = 0, scale: float = 1.0, height: int | None = None,
+               **model_kwargs) -> Path:
     """Write a tiny untrained custom U-Net as a lunar checkpoint (no training needed to test predict).
 
-    ``square``: photos are squashed to that square (the study's way); None: fed at ``scale``.
+    ``square``: photos are squashed to that square (the study's way); None: fed at ``scale``, or at ``height``.
     """
     import torch
 
@@ -38,7 +39,7 @@ def save_model(path: Path, square: int | None = 64, seed: int = 0, scale: float 
     torch.manual_seed(seed)
     model = build_model("custom", **model_kwargs)
     meta = checkpoint_meta(
-        "custom", frame_size=FrameSize(scale=scale, square=square), crop_size=square or 64,
+        "custom", frame_size=FrameSize(scale=scale, square=square, height=height), crop_size=square or 64,
         normalization={"mean": [0, 0, 0], "std": [1, 1, 1]}, epoch=1, best_metric=("val_miou", 0.5),
         model_kwargs=model_kwargs,
     )  # fmt: skip

@@ -73,7 +73,7 @@ def checkpoint_meta(
         "model_kwargs": dict(model_kwargs or {}),
         "num_classes": NUM_CLASSES,
         "classes": [{"index": c.index, "name": c.name, "rgb": list(c.rgb)} for c in CLASSES],
-        "frame_size": {"scale": float(frame_size.scale), "square": frame_size.square},
+        "frame_size": frame_size.as_meta(),
         "crop_size": None if crop_size is None else int(crop_size),
         "normalization": {
             "mean": [float(v) for v in normalization["mean"]],
