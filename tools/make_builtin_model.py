@@ -33,6 +33,9 @@ SETTINGS = {
     "test_data": {"count": 120, "real_count": 36, "width": 480, "height": 320, "seed": 2027},
     # The ImageNet encoder that works offline (bench/RESULTS.md: on the lit scenes it finds large rocks
     # from epoch 3 where the custom U-Net has not found them by epoch 14 of the main job).
+    # Photos are fed at the training scenes' height, aspect kept, so rocks have the size in pixels they were
+    # learnt at (bench/RESULTS.md "Real images": real renders mIoU 0.35 at their own size, 0.53 at height 320).
+    "frame_height": 320,
     "train_flags": ["--backbone", "efficientnet_lite0", "--encoder-weights", "imagenet", "--epochs", "18",
                     "--batch-size", "8", "--seed", "7"],  # fmt: skip
 }
@@ -60,15 +63,17 @@ def fetch(work: Path, name: str, data: dict, device: str, split: tuple[str, ...]
     return folder
 
 
-def store_half(best: Path, target: Path) -> None:
-    """Write ``best`` with its floating-point weights in fp16 (lunar loads them back as fp32)."""
+def store_half(best: Path, target: Path, frame_height: int) -> None:
+    """Write ``best`` with its floating-point weights in fp16 (lunar loads them back as fp32), fed at ``frame_height``."""
     import torch
 
+    from lunar_cli.frames import FrameSize
     from lunar_cli.models.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(best)
     half = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["model"].items()}
-    save_checkpoint(target, model_state=half, meta={**ckpt["meta"], "weights_stored_as": str(torch.float16)})
+    meta = {**ckpt["meta"], "weights_stored_as": str(torch.float16), "frame_size": FrameSize(height=frame_height).as_meta()}
+    save_checkpoint(target, model_state=half, meta=meta)
 
 
 def main() -> None:
@@ -76,6 +81,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=REPO / "tools" / ".builtin", help="data and runs folder")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, help="override the epochs (a dry run)")
+    parser.add_argument("--from-run", type=Path, help="store, check and score this finished training run instead of "
+                        "training one (its metrics.json says how it trained)")  # fmt: skip
     args = parser.parse_args()
     from lunar_cli import __version__
     from lunar_cli.export import export_model
@@ -83,11 +90,14 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     start = time.time()
     flags = SETTINGS["train_flags"] + (["--epochs", str(args.epochs)] if args.epochs else [])
-    train_data = fetch(args.work, "train-data", SETTINGS["train_data"], args.device, SETTINGS["train_split"])
-    trained = lunar("train", *flags, "--data-dir", str(train_data), "--runs-dir", str(args.work / "runs"),
-                    "--name", "builtin", "--exist-ok", work=args.work, device=args.device)  # fmt: skip
+    if args.from_run:
+        trained = {**json.loads((args.from_run / "metrics.json").read_text()), "run_dir": str(args.from_run)}
+    else:
+        train_data = fetch(args.work, "train-data", SETTINGS["train_data"], args.device, SETTINGS["train_split"])
+        trained = lunar("train", *flags, "--data-dir", str(train_data), "--runs-dir", str(args.work / "runs"),
+                        "--name", "builtin", "--exist-ok", work=args.work, device=args.device)  # fmt: skip
     FOLDER.mkdir(parents=True, exist_ok=True)
-    store_half(Path(trained["run_dir"]) / "best.pt", FOLDER / "builtin.pt")
+    store_half(Path(trained["run_dir"]) / "best.pt", FOLDER / "builtin.pt", SETTINGS["frame_height"])
     exported = export_model(FOLDER / "builtin.pt", args.work / "builtin.onnx", "onnx")
     test_data = fetch(args.work, "test-data", SETTINGS["test_data"], args.device)
     # By name: evaluate scores its copy under --runs-dir and writes its figures there, not into the package.
@@ -102,6 +112,7 @@ def main() -> None:
         "fresh_test": {split: {"iou": r["iou"], "miou": r["miou"], "ece": r["ece"], "resolution": r["resolution"],
                                "images": r["images"], "out_of_distribution_share": r["out_of_distribution_share"]}
                        for split, r in scored["splits"].items()},
+        "stored_from_run": None if args.from_run is None else str(args.from_run),
         "wall_seconds": round(time.time() - start),
     }  # fmt: skip
     (FOLDER / "builtin.json").write_text(json.dumps(record, indent=2) + "\n")
