@@ -7,6 +7,10 @@ whole frames at the labels' own resolution. Per class IoU (ground, sky, small, l
 per set go to a table; --write puts it in the "## Real images" section of bench/RESULTS.md.
 
     python bench/bench_real.py builtin old=/tmp/runs_old/train/custom new=/tmp/runs_new/train/custom --write
+    python bench/bench_real.py new=/tmp/runs_new/train/custom --heights 320,480   # also fed at those heights
+
+--heights scores each model a second time per height: a copy of its checkpoint whose frame
+size rule is that height, the aspect kept (`FrameSize(height=...)`, as the built-in model is fed).
 
 Rows accumulate in --results (JSON, one row per model, stage and set), so scores of a later
 stage can join them: score adapted models with `--stage "after adapt"` under the same labels and
@@ -16,6 +20,7 @@ the summary table gets an "after adapt" column beside "zero-shot".
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -63,6 +68,20 @@ def score(label: str, model: str, stage: str, data: Path, work: Path, env: dict)
     return rows
 
 
+def at_height(model: str, height: int, work: Path) -> Path:
+    """Return a copy of ``model``'s checkpoint that is fed every photo at ``height``, aspect kept."""
+    from lunar_cli.frames import FrameSize
+    from lunar_cli.model_files import find_model
+    from lunar_cli.models.checkpoint import load_checkpoint, save_checkpoint
+
+    path, _ = find_model(model, work / "runs")
+    ckpt = load_checkpoint(path)
+    out = work / "heights" / f"{hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]}-h{height}.pt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(out, model_state=ckpt["model"], meta={**ckpt["meta"], "frame_size": FrameSize(height=height).as_meta()})
+    return out
+
+
 def merge(path: Path, rows: list[dict]) -> list[dict]:
     """Return the rows kept in `path` with the new ones replacing any of the same model, stage and set."""
     old = json.loads(path.read_text()) if path.is_file() else []
@@ -102,6 +121,7 @@ def main() -> None:
     parser.add_argument("--stage", default="zero-shot", help="what was done to the models before scoring")
     parser.add_argument("--results", type=Path, help="JSON the rows accumulate in (default: WORK/results.json)")
     parser.add_argument("--note", default="", help="a sentence for the section: how the models were trained")
+    parser.add_argument("--heights", default="", help="comma-separated heights to also feed each model at (aspect kept)")
     parser.add_argument("--write", action="store_true", help="write the tables into bench/RESULTS.md")
     args = parser.parse_args()
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -110,6 +130,9 @@ def main() -> None:
     for spec in args.models:
         label, _, model = spec.rpartition("=")
         rows += score(label or model, model, args.stage, data, args.work, env)
+        for height in filter(None, args.heights.split(",")):
+            copy = at_height(model, int(height), args.work)
+            rows += score(f"{label or model} @ height {height}", str(copy), args.stage, data, args.work, env)
     rows = merge(args.results or args.work / "results.json", rows)
     resolutions = "; ".join(dict.fromkeys(f"{r['set']}: {r['resolution']}" for r in rows))
     text = [f"## Real images: zero-shot scores on the labelled dev set (bench/bench_real.py, {date.today().isoformat()})",
