@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -59,6 +60,17 @@ def calibration_set(spec: ModelSpec, data_dir: Path, cache_dir: Path | None, cou
     return frames, f"{count} rendered scenes ({RENDERED_SIZE[1]}x{RENDERED_SIZE[0]}; no val split in {data_dir})"
 
 
+@contextlib.contextmanager
+def root_warnings_off() -> Iterator[None]:
+    """Silence warnings logged on the root logger (ONNX Runtime's quantiser) while the block runs."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 def quantize_onnx(fp32: Path, out: Path, frames: list[np.ndarray], pad_multiple: int, meta: dict, source: str,
                   quant_format: str = QUANT_FORMAT) -> dict:  # fmt: skip
     """Write ``fp32`` (a lunar ONNX export) statically quantised to int8 at ``out``; return the quantisation record.
@@ -85,7 +97,9 @@ def quantize_onnx(fp32: Path, out: Path, frames: list[np.ndarray], pad_multiple:
             # Shapes and graph fusions first, as ONNX Runtime advises; the frame sides are symbolic
             # (any multiple of the padding), which its symbolic shape inference cannot follow.
             quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-            with contextlib.redirect_stdout(io.StringIO()):  # its QOperator path prints the graph's inputs: keep --json clean
+            # Its QOperator path prints the graph's inputs (keep --json clean), and its per-channel pass logs a
+            # root-logger warning for each 1-D weight it leaves per tensor (EfficientNet's BatchNorm scales).
+            with contextlib.redirect_stdout(io.StringIO()), root_warnings_off():
                 quantize_static(str(prepared), str(quantised), Frames(), quant_format=getattr(QuantFormat, quant_format),
                                 per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - onnxruntime's quantiser raises many kinds; say it in one line
