@@ -141,7 +141,7 @@ def main() -> None:
             "Not a training set: no model here learnt from them. " + args.note, "", *tables(rows)]
     print("\n".join(text))
     if args.write:
-        update_section(REPO / "bench/RESULTS.md", "## Real images", "\n".join(text))
+        update_section(REPO / "bench/RESULTS.md", "## Real images: zero-shot", "\n".join(text))
 
 
 if __name__ == "__main__":
