@@ -13,8 +13,8 @@ per set go to a table; --write puts it in the "## Real images" section of bench/
 size rule is that height, the aspect kept (`FrameSize(height=...)`, as the built-in model is fed).
 
 Rows accumulate in --results (JSON, one row per model, stage and set), so scores of a later
-stage can join them: score adapted models with `--stage "after adapt"` under the same labels and
-the summary table gets an "after adapt" column beside "zero-shot".
+stage can join them: score changed models (fine-tuned, say) with `--stage "fine-tuned"` under
+the same labels and the summary table gets a column for it beside "zero-shot".
 """
 
 from __future__ import annotations

@@ -14,8 +14,7 @@ _lunar() {
         --cache-dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --calibration-frames) return ;;
         --checksum) return ;;
-        --class-weights) COMPREPLY=($(compgen -W "auto none" -- "$cur")); return ;;
-        --confidence) return ;;
+        --class-weights) return ;;
         --config|-c) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --count) return ;;
         --crop-size) return ;;
@@ -40,7 +39,6 @@ _lunar() {
         --max-pending) return ;;
         --max-pixels) return ;;
         --max-upload-mb) return ;;
-        --mode) COMPREPLY=($(compgen -W "bn self-train bn+self-train" -- "$cur")); return ;;
         --models) return ;;
         --models-dir) COMPREPLY=($(compgen -f -- "$cur")); return ;;
         --model|-m) COMPREPLY=($(compgen -f -- "$cur")); return ;;
@@ -62,7 +60,6 @@ _lunar() {
         --seed) return ;;
         --source|-s) return ;;
         --split) COMPREPLY=($(compgen -W "train val test test_real" -- "$cur")); return ;;
-        --teacher) COMPREPLY=($(compgen -W "fixed ema" -- "$cur")); return ;;
         --test) return ;;
         --train) return ;;
         --val) return ;;
@@ -71,7 +68,7 @@ _lunar() {
         --workers) return ;;
     esac
     case "$cmd" in
-        "") COMPREPLY=($(compgen -W "fetch split eda train evaluate predict compare export benchmark adapt serve --version -V --debug --help -h" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "fetch split eda train evaluate predict compare export benchmark serve --version -V --debug --help -h" -- "$cur")) ;;
         fetch) COMPREPLY=($(compgen -W "--source -s --data-dir --count --real-count --width --height --force --models --models-dir --checksum --seed --config -c --json --help -h" -- "$cur")) ;;
         split) COMPREPLY=($(compgen -W "--data-dir --train --val --test --mask-source --strict --seed --config -c --json --help -h" -- "$cur")) ;;
         eda) COMPREPLY=($(compgen -W "--data-dir --out -o --sample --mask-source --workers --seed --runs-dir --config -c --json --help -h" -- "$cur")) ;;
@@ -81,7 +78,6 @@ _lunar() {
         compare) COMPREPLY=($(compgen -W "--out -o --images --cache-dir --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         export) COMPREPLY=($(compgen -W "--output -o --format -f --int8 --calibration-frames --data-dir --cache-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         benchmark) COMPREPLY=($(compgen -W "--split --runs --warmup --batch-size --calibration-frames --limit --workers --cache-dir --device --data-dir --runs-dir --config -c --json --help -h" -- "$cur")) ;;
-        adapt) COMPREPLY=($(compgen -W "--mode --epochs --lr --confidence --teacher --loss --class-weights --batch-size --crop-size --limit --name --seed --device --amp --no-amp --channels-last --no-channels-last --runs-dir --config -c --json --help -h" -- "$cur")) ;;
         serve) COMPREPLY=($(compgen -W "--model -m --host --port --max-upload-mb --max-pixels --batch-size --batch-window-ms --max-pending --hazard-margin --tta --device --amp --no-amp --channels-last --no-channels-last --runs-dir --config -c --help -h" -- "$cur")) ;;
     esac
 }

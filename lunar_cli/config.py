@@ -30,9 +30,6 @@ ExportFormat = Literal["onnx", "torchscript"]
 Loss = Literal["ce", "dice", "focal", "ce+dice"]
 SplitName = Literal["train", "val", "test", "test_real"]
 OutputFormat = Literal["rgb", "index", "overlay", "probs"]
-AdaptMode = Literal["bn", "self-train", "bn+self-train"]
-Teacher = Literal["fixed", "ema"]
-AdaptWeights = Literal["auto", "none"]
 
 
 @dataclass
@@ -200,23 +197,6 @@ class CompareConfig:
 
 
 @dataclass
-class AdaptConfig:
-    """Adapting a trained model to unlabelled photos (``lunar adapt``); augmentation: data.augment, as in training."""
-
-    mode: AdaptMode = "self-train"  # bn: re-estimate BatchNorm statistics on the photos, nothing else; self-train: fine-tune on confident pseudo-labels; bn+self-train: both (bench/RESULTS.md)
-    epochs: int = 10  # self-train: passes over the photos
-    lr: float = 1e-4  # self-train: AdamW learning rate (low: the weights should move a little)
-    confidence: float = 0.9  # self-train: a pixel is a pseudo-label when its calibrated probability is above this; the rest is ignored
-    teacher: Teacher = "fixed"  # self-train: who labels the photos: the model it starts from, fixed, or an EMA of the student (labels afresh each epoch)
-    loss: Loss = "ce"  # self-train: loss on the pseudo-labels
-    class_weights: AdaptWeights = "auto"  # self-train: auto: cross-entropy weights by inverse pseudo-label frequency (rare rocks count more); none: equal
-    batch_size: int = 8  # photos per BatchNorm pass, crops per self-training step
-    crop_size: Union[int, None] = None  # self-train: crop side at the model's scale (multiple of 32); null: the model's training crop
-    limit: Union[int, None] = None  # adapt on a seeded random subset of N photos; null: all (they are held in memory at the model's scale)
-    name: Union[str, None] = None  # run folder name under runs/adapt (default: <source>-<mode>, numbered)
-
-
-@dataclass
 class Config:
     """Everything a lunar command can be told, in one object."""
 
@@ -237,7 +217,6 @@ class Config:
     benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
-    adapt: AdaptConfig = field(default_factory=AdaptConfig)
 
 
 # The sane range of every numeric option, (lowest, highest), both allowed: ``validate``
@@ -265,8 +244,6 @@ LIMITS: dict[str, tuple[float, float]] = {
     "serve.port": (0, 65535), "serve.max_upload_mb": (0.001, 1024), "serve.max_pixels": (1, MAX_PIXELS),
     "serve.batch_size": (1, 256), "serve.batch_window_ms": (0, 1000), "serve.max_pending": (1, 10_000),
     "compare.images": (1, 64),
-    "adapt.epochs": (1, 10_000), "adapt.lr": (1e-8, 1), "adapt.confidence": (0, 0.999), "adapt.batch_size": (1, 1024),
-    "adapt.crop_size": (32, 4096), "adapt.limit": (1, 1_000_000_000),
 }
 CLASS_WEIGHT_MAX = 10_000.0
 
@@ -301,8 +278,7 @@ def validate(cfg: Config) -> None:
         raise LunarError(f"config keys 'fetch.width' and 'fetch.height': {f.width}x{f.height} is over the "
                          f"{MAX_PIXELS // 1_000_000} megapixels lunar decodes at once; make the images smaller")  # fmt: skip
     d = cfg.data
-    for key, value in (("data.crop_size", d.crop_size), ("data.image_size", d.image_size),
-                       ("adapt.crop_size", cfg.adapt.crop_size)):
+    for key, value in (("data.crop_size", d.crop_size), ("data.image_size", d.image_size)):
         if value is not None and value % 32:
             nearest = max(32, int(round(value / 32)) * 32)
             raise LunarError(
@@ -335,7 +311,6 @@ COMMAND_SECTIONS: dict[str, tuple[str, ...]] = {
     "fetch": ("fetch", ""), "split": ("split", ""), "eda": ("eda", "split", "data", ""),
     "train": ("train", "data", ""), "evaluate": ("evaluate", "data", ""), "predict": ("predict", ""),
     "compare": ("compare", "data", ""), "export": ("export", "data", ""), "benchmark": ("benchmark", "export", "data", ""),
-    "adapt": ("adapt", ""),
     "serve": ("serve", "predict", ""),
 }
 

@@ -126,21 +126,6 @@ def _signed(value) -> str:
     return "n/a" if value is None else f"{value:+.4f}"
 
 
-def _adapt(result: dict) -> None:
-    stages = result["stages"]
-    rows = [["mean uncertainty", *[number(stages[s]["mean_uncertainty"]) for s in stages]],
-            ["pixels whose class changed", *[_share(stages[s]["changed_from_source"]) for s in stages]]]
-    rows += [[f"pixels {n}", *[_share(stages[s]["class_fractions"][n]) for s in stages]] for n in CLASS_NAMES]
-    stdout().print(_table(f"adapt {result['source']} to {result['photos']} photos ({result['mode']})",
-                          ["on the photos", *stages], rows))  # fmt: skip
-    done = [f"{result['bn_layers']} BatchNorm layers re-estimated"]
-    if result["steps"]:
-        done.append(f"{result['steps']} self-training steps on {_share(result['pseudo_labelled_share'][-1])} "
-                    "pseudo-labelled pixels")  # fmt: skip
-    stdout().print(", ".join(done) + f"; {len(result['skipped'])} photo(s) skipped")
-    stdout().print(f"run: {result['run_dir']}  (best.pt, adapt.json); use it with --model {result['model']}")
-
-
 def _compare(result: dict) -> None:
     stdout().print(result["table"])
     stdout().print(f"figures: {', '.join(result['files'])}")
@@ -148,7 +133,7 @@ def _compare(result: dict) -> None:
 
 RENDERERS: dict[str, Callable[[dict], None]] = {"fetch": _fetch, "split": _split, "train": _train, "eda": _eda, "evaluate": _evaluate,
                                             "predict": _predict, "compare": _compare, "export": _export,
-                                            "benchmark": _benchmark, "adapt": _adapt}
+                                            "benchmark": _benchmark}
 
 
 def show(command: str, result: dict) -> None:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-COMMANDS = ["fetch", "split", "eda", "train", "evaluate", "predict", "compare", "adapt", "serve"]
+COMMANDS = ["fetch", "split", "eda", "train", "evaluate", "predict", "compare", "serve"]
 
 
 def test_root_help_lists_every_command(cli):

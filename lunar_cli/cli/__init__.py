@@ -24,7 +24,7 @@ __all__ = ["app", "main", "run"]
 
 COMMANDS = (data_commands.fetch, data_commands.split, data_commands.eda, model_commands.train,
             model_commands.evaluate, model_commands.predict, model_commands.compare, model_commands.export,
-            benchmark_commands.benchmark, model_commands.adapt, serve_command.serve)  # fmt: skip
+            benchmark_commands.benchmark, serve_command.serve)  # fmt: skip
 for _command in COMMANDS:
     app.command()(_command)
 

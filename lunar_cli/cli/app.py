@@ -47,9 +47,6 @@ Recipe = _choices("Recipe", options.Recipe)
 ExportFormat = _choices("ExportFormat", options.ExportFormat)
 SplitName = _choices("SplitName", options.SplitName)
 OutputFormat = _choices("OutputFormat", options.OutputFormat)
-AdaptMode = _choices("AdaptMode", options.AdaptMode)
-Teacher = _choices("Teacher", options.Teacher)
-AdaptWeights = _choices("AdaptWeights", options.AdaptWeights)
 
 
 def flags(values: dict[str, Any], *arguments: str) -> dict[str, Any]:

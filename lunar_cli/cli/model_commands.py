@@ -1,4 +1,4 @@
-"""``lunar train``, ``evaluate``, ``predict``, ``compare``, ``export`` and ``adapt``: the models (registered in ``lunar_cli.cli``)."""
+"""``lunar train``, ``evaluate``, ``predict``, ``compare`` and ``export``: the models (registered in ``lunar_cli.cli``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from typing import Annotated, Optional
 import typer
 
 from lunar_cli.cli.app import (
-    AdaptMode,
-    AdaptWeights,
     AmpOpt,
     CacheDirOpt,
     ChannelsLastOpt,
@@ -28,7 +26,6 @@ from lunar_cli.cli.app import (
     Schedule,
     SeedOpt,
     SplitName,
-    Teacher,
     TtaOpt,
     WorkersOpt,
     default_of,
@@ -236,48 +233,3 @@ def export(
 
     cfg = command_config("export", config, given)
     report(export_command(cfg, model, output), json_out, "export")
-
-
-def adapt(
-    run: Annotated[str, typer.Argument(help="The model to adapt: a run folder, checkpoint or builtin.", show_default=False)],
-    photos_dir: Annotated[
-        Path, typer.Argument(help="A folder of unlabelled photos from the target camera (or a file, or a glob).",
-                             show_default=False),
-    ],
-    mode: Annotated[
-        Optional[AdaptMode],
-        typer.Option(help=f"bn: BatchNorm statistics only; self-train: confident pseudo-labels; bn+self-train: both. {default_of('adapt.mode')}"),
-    ] = None,
-    epochs: Annotated[Optional[int], typer.Option(help=f"Self-train: passes over the photos. {default_of('adapt.epochs')}")] = None,
-    lr: Annotated[Optional[float], typer.Option(help=f"Self-train: learning rate. {default_of('adapt.lr')}")] = None,
-    confidence: Annotated[
-        Optional[float], typer.Option(help=f"Self-train: pseudo-label pixels above this probability. {default_of('adapt.confidence')}")
-    ] = None,
-    teacher: Annotated[
-        Optional[Teacher], typer.Option(help=f"Self-train: the labelling model, fixed or EMA. {default_of('adapt.teacher')}")
-    ] = None,
-    loss: Annotated[Optional[Loss], typer.Option(help=f"Self-train: loss on the pseudo-labels. {default_of('adapt.loss')}")] = None,
-    class_weights: Annotated[
-        Optional[AdaptWeights],
-        typer.Option(help=f"Self-train: auto weighs classes by inverse pseudo-label frequency. {default_of('adapt.class_weights')}"),
-    ] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help=f"Photos per pass, crops per step. {default_of('adapt.batch_size')}")] = None,
-    crop_size: Annotated[
-        Optional[int], typer.Option(help=f"Self-train crop side, multiple of 32 [default: the model's; {range_of('adapt.crop_size')[1:]}")
-    ] = None,
-    limit: Annotated[Optional[int], typer.Option(help=f"Adapt on a random subset of N photos. {range_of('adapt.limit')}")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Run folder name under runs/adapt (default: <source>-<mode>).")] = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    amp: AmpOpt = None,
-    channels_last: ChannelsLastOpt = None,
-    runs_dir: RunsDirOpt = None,
-    config: ConfigOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Adapt a trained model to unlabelled photos (BatchNorm statistics, self-training) as a new run; say what changed."""
-    given = flags(locals(), "run", "photos_dir")
-    from lunar_cli.adapt import adapt_command  # heavy: torch loads when the command runs
-
-    cfg = command_config("adapt", config, given)
-    report(adapt_command(cfg, run, photos_dir, progress=not json_out), json_out, "adapt")
