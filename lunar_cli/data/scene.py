@@ -118,7 +118,8 @@ def render_frame(rng: np.random.Generator, width: int, height: int, *, view: str
     on_rock = rock.index != NO_ROCK
     ray_object = np.where(on_rock, rock.index + 2, np.where(ground.sky, SKY_ID, GROUND_ID)).astype(np.int32)
     depth = np.where(on_rock, rock.t, ground.t)
-    points = np.where(on_rock[..., None], camera.position.astype(np.float32) + rock.t[..., None] * rays, ground.points)
+    hit = np.where(on_rock, rock.t, 0)[..., None]  # rays that miss every rock have t = inf: inf * 0 would warn
+    points = np.where(on_rock[..., None], camera.position.astype(np.float32) + hit * rays, ground.points)
     shadow = rock_shadows(rocks, camera, points, np.where(on_rock, rock.index, np.where(ground.sky, -2, NO_ROCK)),
                           sun.toward)
     shadow |= (ground.crater_margin > 0) & ~on_rock & ~ground.sky
