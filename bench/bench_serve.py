@@ -12,11 +12,11 @@ a subprocess), is warmed up, then called over HTTP from this process.
     server - `POST /predict` of the same bytes, body in, PNG mask out, measured by the client.
 (b) Throughput, images/s: 4 clients each sending their share of the photos one after the
     other, all at once, against `lunar predict` on the folder of the same photos
-    (run_predict in-process, warm, batch 8, masks written); the server as it starts (on a
-    CPU: one frame a pass) and grouping concurrent frames (`--batch-size 4`, also with a
-    20 ms window), to show what batching is worth here.
+    (run_predict in-process, warm, its default batch, masks written); the server as it starts
+    (on a CPU: up to 4 queued frames a pass), at one frame a pass (`--batch-size 1`), and
+    with a 20 ms window, to show what batching is worth here.
 (c) The bare forward pass (model.logits) on one 720x480 frame repeated, images/s by batch
-    size, in fp32 and the default precision: why the server runs one frame a pass on a CPU.
+    size, in fp32 and the default precision: what a batch is worth to the model alone.
 
 Runs alternate after a warm-up each.
 
@@ -45,9 +45,13 @@ import numpy as np
 from bench_predict import lunar_rate, make_photos, median_range
 from bench_results import REPO, machine, update_section
 
+from lunar_cli.config import PredictConfig
+
+PREDICT_BATCH = PredictConfig().batch_size  # lunar predict as a user runs it
+
 HTTP = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 CLIENTS = 4
-SERVERS = {"serve": [], "serve --batch-size 4": ["--batch-size", "4"],
+SERVERS = {"serve": [], "serve --batch-size 1": ["--batch-size", "1"],
            "serve --batch-size 4 --batch-window-ms 20": ["--batch-size", "4", "--batch-window-ms", "20"]}  # fmt: skip
 BATCHES = (1, 2, 4, 8)
 
@@ -121,8 +125,8 @@ def clients_rate(url: str, bodies: list[bytes]) -> float:
     return len(bodies) / (time.perf_counter() - start)
 
 
-def measure(work: Path, photos: list[Path], rounds: int) -> tuple[list[str], list[str]]:
-    """Return the markdown rows of tables (a) and (b)."""
+def measure(work: Path, photos: list[Path], rounds: int) -> tuple[list[str], list[str], str]:
+    """Return the markdown rows of tables (a) and (b), and a sentence on which server was fastest."""
     from lunar_cli.models.builtin import builtin_checkpoint
     from lunar_cli.predictor import load_predictor
 
@@ -133,14 +137,15 @@ def measure(work: Path, photos: list[Path], rounds: int) -> tuple[list[str], lis
         for _, url in servers.values():
             clients_rate(url, bodies[: 2 * CLIENTS])  # warm-up: the model's first passes, the allocator
         [engine_time(model, b) for b in bodies[:4]]
-        lunar_rate("builtin", photos[0].parent, work / "warm", None)
+        predict_rate = lambda out: lunar_rate("builtin", photos[0].parent, out, None, PREDICT_BATCH, "cpu")  # noqa: E731
+        predict_rate(work / "warm")
         engine, served = [], []
         rates: dict[str, list[float]] = {name: [] for name in ["lunar predict", *SERVERS]}
         for _ in range(rounds):
             for body in bodies:  # frame by frame, in turn, so that both see the same load on a shared machine
                 engine.append(engine_time(model, body))
                 served.append(post(servers["serve"][1], body))
-            rates["lunar predict"].append(lunar_rate("builtin", photos[0].parent, work / "out", None))
+            rates["lunar predict"].append(predict_rate(work / "out"))
             for name, (_, url) in servers.items():
                 rates[name].append(clients_rate(url, bodies))
             print({k: round(statistics.median(v), 2) for k, v in rates.items()}, flush=True)
@@ -157,7 +162,22 @@ def measure(work: Path, photos: list[Path], rounds: int) -> tuple[list[str], lis
     base = statistics.median(rates["lunar predict"])
     throughput = [f"| {name if name == 'lunar predict' else f'lunar {name}, {CLIENTS} clients'} | {median_range(r)} | "
                   f"**{statistics.median(r) / base:.2f}x** |" for name, r in rates.items()]  # fmt: skip
-    return latency, throughput
+    fastest = max(SERVERS, key=lambda name: statistics.median(rates[name]))
+    verdict = (f"Fastest with {CLIENTS} clients here: `lunar {fastest}`, "
+               f"{statistics.median(rates[fastest]) / base:.2f}x the images/s of `lunar predict` on the folder; "
+               f"the server as it starts: {statistics.median(rates['serve']) / base:.2f}x; "
+               f"its latency against the engine: {ratio:.2f}x.")  # fmt: skip
+    return latency, throughput, verdict
+
+
+def builtin_description() -> str:
+    """Return what the built-in model is, from its own metadata (backbone, frame size rule)."""
+    from lunar_cli.model_spec import ModelSpec
+    from lunar_cli.models.builtin import builtin_checkpoint
+    from lunar_cli.models.checkpoint import load_checkpoint
+
+    spec = ModelSpec(load_checkpoint(builtin_checkpoint())["meta"])
+    return f"{spec.backbone}, fed at {spec.frame_size.describe()}"
 
 
 def main() -> None:
@@ -171,11 +191,11 @@ def main() -> None:
         work = Path(tmp)
         photos = make_photos(work / "photos", args.photos)
         forward = forward_rates(photos[0].read_bytes(), args.rounds + 2)
-        latency, throughput = measure(work, photos, args.rounds)
+        latency, throughput, verdict = measure(work, photos, args.rounds)
     load = f"{min(load_before, os.getloadavg()[0]):.0f}-{max(load_before, os.getloadavg()[0]):.0f}"
     text = "\n".join([
         f"## Serving: lunar serve against the engine and lunar predict ({date.today().isoformat()})", "",
-        f"Machine: {machine()}. The built-in model (custom U-Net, width 16, depth 4) in its default precision, "
+        f"Machine: {machine()}. The built-in model ({builtin_description()}) in its default precision, "
         f"rendered 720x480 PNGs, {args.photos} photos a round, {args.rounds} rounds, alternating after a warm-up; "
         f"medians (min-max); load average {load} at the start and end (other jobs on the same cores). "
         "Command: `python bench/bench_serve.py --write`.", "",
@@ -186,14 +206,7 @@ def main() -> None:
         f"The bare forward pass on one 720x480 frame, images/s by batch size (against batch 1), {args.rounds + 2} rounds:",
         "", "| precision | " + " | ".join(f"batch {b}" for b in BATCHES) + " |",
         "| --- |" + " ---: |" * len(BATCHES), *forward, "",
-        "On this CPU one frame a pass is the fastest per frame, in both precisions, and grouping the 4 clients' "
-        "frames (`--batch-size 4`, with or without a window) serves fewer images/s than one frame a pass, so "
-        "`lunar serve` runs one frame a pass on a CPU (`serve.batch_size` null) and groups concurrent frames on a "
-        "GPU only (up to 8; not measured here). The server most likely beats `lunar predict` on a folder here for "
-        "the same reason: predict runs batches of 8 (`predict.batch_size`). These runs shared the 2 cores with other "
-        "jobs (the bare batch-8 forward ran at a fifth of its rate in the quiet run of \"Prediction: lunar predict "
-        "against the machine's ceiling\"), which may hurt large batches more than small ones: rerun on a quiet "
-        "machine before changing predict's default.",
+        verdict,
     ])  # fmt: skip
     print(text)
     if args.write:
