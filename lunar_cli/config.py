@@ -183,7 +183,7 @@ class ServeConfig:
     port: int = 8000  # TCP port; 0: any free port (the start line says which)
     max_upload_mb: float = 32.0  # largest request body accepted, megabytes (bigger: HTTP 413)
     max_pixels: int = MAX_PIXELS  # largest image accepted, pixels, read from its header before decoding (bigger: HTTP 413)
-    batch_size: Union[int, None] = None  # most frames of one size run in one forward pass; null: 1 on a CPU (faster there, bench/RESULTS.md), 8 on a GPU
+    batch_size: Union[int, None] = None  # most frames of one size run in one forward pass; null: 4 on a CPU, 8 on a GPU (bench/RESULTS.md)
     batch_window_ms: float = 0.0  # how long a frame waits for others to batch with; 0: only those that queued while the model was busy
     max_pending: int = 32  # requests in progress at once; more are refused with HTTP 503 (bounds memory)
 

@@ -25,9 +25,10 @@ from lunar_cli.serve_engine import FrameBatcher, plural
 
 EXTRA = "pip install 'lunar-cli[serve]' (in a checkout: pip install -e '.[serve]')"
 WEB_LIBRARIES = ("uvicorn", "starlette", "python_multipart")
-# Frames a pass takes at most on a GPU when serve.batch_size is null. On a CPU one: bigger
-# batches were slower per frame on 2 cores (bench/RESULTS.md, "Serving").
-GPU_BATCH = 8
+# Frames a pass takes at most when serve.batch_size is null (frames that queued while the model was
+# busy; a lone request waits for nobody). On 2 CPU cores, with the built-in model, 4 clients got 1.28x
+# the images/s of lunar predict at 4 a pass and 0.98x at 1 (bench/RESULTS.md, "Serving").
+CPU_BATCH, GPU_BATCH = 4, 8
 
 
 def web_libraries() -> tuple[Any, Any]:
@@ -85,7 +86,7 @@ def serve_command(cfg: Config, model: Path | str | None) -> None:
             info(said)
         loaded = load_predictor(path, cfg.device, cfg.amp, cfg.channels_last)
         runs = loaded.runs_on()
-        batch = settings.batch_size or (1 if runs["device"] == "cpu" else GPU_BATCH)
+        batch = settings.batch_size or (CPU_BATCH if runs["device"] == "cpu" else GPU_BATCH)
         batcher = FrameBatcher(loaded, cfg.predict.tta, batch, settings.batch_window_ms / 1000)
         service = serve_app.Service(model=loaded, path=path, how=how, settings=settings, tta=cfg.predict.tta,
                                     hazard_margin=cfg.predict.hazard_margin, batcher=batcher)  # fmt: skip

@@ -30,7 +30,7 @@ def serve(
     ] = None,
     batch_size: Annotated[
         Optional[int],
-        typer.Option(help=f"Most frames in one forward pass. [default: 1 on a CPU, 8 on a GPU; {limit_text('serve.batch_size')}]"),
+        typer.Option(help=f"Most frames in one forward pass. [default: 4 on a CPU, 8 on a GPU; {limit_text('serve.batch_size')}]"),
     ] = None,
     batch_window_ms: Annotated[
         Optional[float],
