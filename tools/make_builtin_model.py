@@ -33,9 +33,6 @@ SETTINGS = {
     "test_data": {"count": 120, "real_count": 36, "width": 480, "height": 320, "seed": 2027},
     # The ImageNet encoder that works offline (bench/RESULTS.md: on the lit scenes it finds large rocks
     # from epoch 3 where the custom U-Net has not found them by epoch 14 of the main job).
-    # Photos are fed at the training scenes' height, aspect kept, so rocks have the size in pixels they were
-    # learnt at (bench/RESULTS.md "Real images": real renders mIoU 0.35 at their own size, 0.53 at height 320).
-    "frame_height": 320,
     "train_flags": ["--backbone", "efficientnet_lite0", "--encoder-weights", "imagenet", "--epochs", "18",
                     "--batch-size", "8", "--seed", "7"],  # fmt: skip
 }
@@ -97,7 +94,9 @@ def main() -> None:
         trained = lunar("train", *flags, "--data-dir", str(train_data), "--runs-dir", str(args.work / "runs"),
                         "--name", "builtin", "--exist-ok", work=args.work, device=args.device)  # fmt: skip
     FOLDER.mkdir(parents=True, exist_ok=True)
-    store_half(Path(trained["run_dir"]) / "best.pt", FOLDER / "builtin.pt", SETTINGS["frame_height"])
+    # Photos are fed at the training scenes' height, aspect kept, so rocks have the size in pixels they were
+    # learnt at (bench/RESULTS.md "Real images": real renders mIoU 0.35 at their own size, 0.53 at height 320).
+    store_half(Path(trained["run_dir"]) / "best.pt", FOLDER / "builtin.pt", SETTINGS["train_data"]["height"])
     exported = export_model(FOLDER / "builtin.pt", args.work / "builtin.onnx", "onnx")
     test_data = fetch(args.work, "test-data", SETTINGS["test_data"], args.device)
     # By name: evaluate scores its copy under --runs-dir and writes its figures there, not into the package.
