@@ -39,7 +39,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; before torch loads
 
 import numpy as np
-from bench_results import machine, model_kwargs, precisions, update_section
+from bench_results import builtin_description, machine, model_kwargs, precisions, update_section
 
 from lunar_cli.classes import PALETTE
 from lunar_cli.parallel import cpu_cores
@@ -251,7 +251,7 @@ def main() -> None:
             sections.append(("## Prediction: one photo", "\n".join([
                 f"## Prediction: one photo, ONNX Runtime against PyTorch ({date.today().isoformat()})",
                 "",
-                f"Machine: {machine()}. The built-in model (custom U-Net, width 16, depth 4) on one rendered 720x480 "
+                f"Machine: {machine()}. The built-in model ({builtin_description()}) on one rendered 720x480 "
                 f"PNG, whole process (start-up included), seconds: medians of {rounds} alternating rounds (min-max). "
                 "Command: `python bench/bench_predict.py --part one-photo --write`.",
                 "",

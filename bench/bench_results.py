@@ -1,5 +1,5 @@
 """What the bench scripts share: bench/RESULTS.md as one ``## `` section per benchmark (each
-rewritten by its own script), the machine in words, the default custom U-Net, the precisions.
+rewritten by its own script), the machine in words, the built-in model in words, the default custom U-Net, the precisions.
 """
 
 from __future__ import annotations
@@ -68,3 +68,13 @@ def update_section(path: Path, heading_prefix: str, text: str) -> None:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         new = lines[:start] + block + ([""] if end < len(lines) else []) + lines[end:]
     write_text_atomic(path, "\n".join(new) + "\n")
+
+
+def builtin_description() -> str:
+    """Return what the built-in model is, from its own metadata (backbone, frame size rule)."""
+    from lunar_cli.model_spec import ModelSpec
+    from lunar_cli.models.builtin import builtin_checkpoint
+    from lunar_cli.models.checkpoint import load_checkpoint
+
+    spec = ModelSpec(load_checkpoint(builtin_checkpoint())["meta"])
+    return f"{spec.backbone}, fed at {spec.frame_size.describe()}"

@@ -43,7 +43,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does; before t
 
 import numpy as np
 from bench_predict import lunar_rate, make_photos, median_range
-from bench_results import REPO, machine, update_section
+from bench_results import REPO, builtin_description, machine, update_section
 
 from lunar_cli.config import PredictConfig
 
@@ -168,16 +168,6 @@ def measure(work: Path, photos: list[Path], rounds: int) -> tuple[list[str], lis
                f"the server as it starts: {statistics.median(rates['serve']) / base:.2f}x; "
                f"its latency against the engine: {ratio:.2f}x.")  # fmt: skip
     return latency, throughput, verdict
-
-
-def builtin_description() -> str:
-    """Return what the built-in model is, from its own metadata (backbone, frame size rule)."""
-    from lunar_cli.model_spec import ModelSpec
-    from lunar_cli.models.builtin import builtin_checkpoint
-    from lunar_cli.models.checkpoint import load_checkpoint
-
-    spec = ModelSpec(load_checkpoint(builtin_checkpoint())["meta"])
-    return f"{spec.backbone}, fed at {spec.frame_size.describe()}"
 
 
 def main() -> None:
